@@ -1,0 +1,157 @@
+"""``clse``: the command line.
+
+* ``clse train [key=value ...]`` and ``clse train -m ...`` (hydra: overrides, multirun sweeps)
+* ``clse plugins [--json]``: every plugin with its kind, name and providing package
+* ``clse export CHECKPOINT OUT``: Hugging Face + SentenceTransformers folders from a checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from clse.errors import ClseError
+
+log = logging.getLogger("clse")
+
+USAGE = """usage: clse <command> [args]
+
+commands:
+  train [key=value ...]   train an encoder (hydra overrides; -m for a multirun sweep;
+                          --cfg job to print the composed config; --help for the config groups)
+  plugins [--json]        list the plugins (kind, name, providing package)
+  export CKPT OUT         export a checkpoint as Hugging Face + SentenceTransformers folders
+"""
+
+
+def _fail(exc: BaseException) -> int:
+    print(f"clse: error: {exc}", file=sys.stderr)
+    return 2
+
+
+# ----------------------------------------------------------------------------- train
+def _train_task(cfg) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from clse.tracking import Tracker
+    from clse.train.loop import train
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(enabled=bool(cfg.tracking.enabled), uri=cfg.tracking.uri)
+    try:
+        tags = {"clse.objective": cfg.objective.name, "clse.alignment": cfg.alignment.name,
+                "clse.run_dir": str(run_dir)}
+        with tracker.start(experiment=cfg.experiment, run_name=cfg.run_name, config=cfg, tags=tags):
+            result = train(cfg, run_dir, tracker=tracker)
+    except ClseError as exc:
+        # hydra would print a traceback; a user error gets one clear line and a failed exit code
+        print(f"clse: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    summary = {k: round(v, 3) for k, v in result.metrics.items() if k.endswith("/avg")}
+    print(f"clse: run finished in {run_dir} (MLflow run {tracker.run_id}): {json.dumps(summary)}")
+    if result.export_dir is not None:
+        print(f"clse: exported model: {result.export_dir}")
+    return summary.get(f"{cfg.eval.final_split}/xsim/avg")
+
+
+def run_train(argv: list[str]) -> int:
+    import hydra
+
+    from clse.config import setup
+
+    try:
+        setup()
+    except ClseError as exc:
+        return _fail(exc)
+    task = hydra.main(config_path="pkg://clse_configs", config_name="train",
+                      version_base="1.3")(_train_task)
+    saved = sys.argv
+    sys.argv = ["clse train", *argv]
+    try:
+        task()
+    finally:
+        sys.argv = saved
+    return 0
+
+
+# ----------------------------------------------------------------------------- plugins
+def run_plugins(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="clse plugins", description="list the loaded plugins")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    from clse.plugins import registry
+
+    reg = registry()
+    rows = [{"kind": p.spec.kind, "name": p.spec.name, "package": p.package,
+             "entry_point": p.source, "description": p.spec.description} for p in reg.all()]
+    failed = [{"entry_point": f.source, "package": f.package, "error": f.error} for f in reg.failed]
+    if args.json:
+        print(json.dumps({"plugins": rows, "failed": failed,
+                          "disabled": sorted(reg.disabled)}, indent=2))
+        return 0
+    width = max((len(r["name"]) for r in rows), default=4)
+    print(f"{'KIND':<12} {'NAME':<{width}} {'PACKAGE':<16} DESCRIPTION")
+    for r in rows:
+        print(f"{r['kind']:<12} {r['name']:<{width}} {r['package']:<16} {r['description']}")
+    for f in failed:
+        print(f"FAILED       {f['entry_point']} ({f['package']}): {f['error']}")
+    if reg.disabled:
+        print(f"disabled: {', '.join(sorted(reg.disabled))}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- export
+def run_export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="clse export",
+                                     description="export a checkpoint (or run folder) as HF + "
+                                                 "SentenceTransformers folders")
+    parser.add_argument("checkpoint", help="a step_XXXXXXXX/ checkpoint, a run folder or its "
+                                           "checkpoints/ folder (the newest intact one is used)")
+    parser.add_argument("out", help="output folder (gets hf/ and sentence_transformers/)")
+    parser.add_argument("--pooling", default="cls", choices=["cls", "mean"])
+    parser.add_argument("--max-seq-length", type=int, default=200)
+    args = parser.parse_args(argv)
+    from clse.export import export_all
+    from clse.train.checkpoint import find_resumable
+    from clse_plugins.xlmr import load_pretrained
+
+    ckpt = find_resumable(args.checkpoint)
+    bundle = load_pretrained(str(ckpt / "encoder"))
+    paths = export_all(bundle.model, bundle.tokenizer, Path(args.out), pooling=args.pooling,
+                       max_seq_length=args.max_seq_length)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+COMMANDS = {"train": run_train, "plugins": run_plugins, "export": run_export}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=os.environ.get("CLSE_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    if argv[0] == "--version":
+        from clse import __version__
+
+        print(f"clse {__version__}")
+        return 0
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        return _fail(ClseError(f"unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}"))
+    try:
+        return command(argv[1:]) or 0
+    except ClseError as exc:
+        return _fail(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""BERT-style masking: choose a ratio of the non-special tokens, then 80% <mask> / 10% random / 10% kept."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def mask_tokens(input_ids: Tensor, attention_mask: Tensor, *, special_ids: Tensor, mask_id: int,
+                vocab_size: int, ratio: float, generator: torch.Generator,
+                mask_prob: float = 0.8, random_prob: float = 0.1) -> tuple[Tensor, Tensor]:
+    """Return ``(masked_ids, labels)``; labels are -100 on tokens that were not chosen.
+
+    Each non-special, non-padding token is chosen with probability ``ratio``. At least one token of
+    the batch is chosen (MEXMA needs a non-empty target). Random replacements are drawn uniformly
+    from the non-special vocabulary.
+    """
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"masking ratio must be in (0, 1], got {ratio}")
+    eligible = attention_mask.bool() & ~torch.isin(input_ids, special_ids.to(input_ids.device))
+    draw = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    chosen = eligible & (draw < ratio)
+    if not chosen.any() and eligible.any():
+        flat = eligible.flatten().nonzero().squeeze(1)
+        pick = flat[torch.randint(len(flat), (1,), generator=generator, device=input_ids.device)]
+        chosen.view(-1)[pick] = True
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+
+    action = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    to_mask = chosen & (action < mask_prob)
+    to_random = chosen & (action >= mask_prob) & (action < mask_prob + random_prob)
+    masked = input_ids.clone()
+    masked[to_mask] = mask_id
+    if to_random.any():
+        allowed = torch.ones(vocab_size, dtype=torch.bool, device=input_ids.device)
+        allowed[special_ids[special_ids < vocab_size]] = False
+        pool = allowed.nonzero().squeeze(1)
+        idx = torch.randint(len(pool), (int(to_random.sum()),), generator=generator,
+                            device=input_ids.device)
+        masked[to_random] = pool[idx]
+    return masked, labels
+
+
+def special_token_ids(tokenizer) -> Tensor:
+    return torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)

@@ -1,0 +1,114 @@
+"""Multi-way parallel evaluation sets (FLORES-200 layout) and xsim over many languages.
+
+A split folder holds one ``<lang>.txt`` per language, UTF-8, one sentence per line, line ``i`` of
+every file a translation of line ``i`` of every other (``shared/data/flores200/dev/``, or the small
+NTREX set bundled in ``clse/eval/bundled/``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from clse.errors import ClseError, DataError
+from clse.eval.xsim import xsim_error_rate
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+"""NTREX-128, first 200 lines, 8 languages: the fallback when FLORES-200 is not found."""
+
+
+def bundled_languages() -> list[str]:
+    """Languages of the bundled fallback set (FLORES-200 codes)."""
+    return sorted(p.stem for p in BUNDLED_DIR.glob("*.txt"))
+
+
+def load_multiway(split_dir: str | Path, languages: Sequence[str]) -> dict[str, list[str]]:
+    """Read ``<split_dir>/<lang>.txt`` for each language.
+
+    Returns:
+        ``{lang: sentences}`` in the order of ``languages``; all lists have the same length.
+
+    Raises:
+        DataError: a file is missing or its line count differs from the first file's.
+    """
+    split_dir = Path(split_dir)
+    out: dict[str, list[str]] = {}
+    first: tuple[Path, int] | None = None
+    for lang in dict.fromkeys(languages):  # drop duplicates, keep order
+        path = split_dir / f"{lang}.txt"
+        if not path.is_file():
+            raise DataError(path, None, f"no file for language {lang!r}",
+                            expected=f"one <lang>.txt per language in {split_dir}")
+        # split on "\n" only: str.splitlines would also break on U+2028 / U+0085 inside sentences
+        text = path.read_text(encoding="utf-8")
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()  # the final newline
+        lines = [line.rstrip("\r") for line in lines]
+        if first is None:
+            first = (path, len(lines))
+        elif len(lines) != first[1]:
+            raise DataError(path, None, f"has {len(lines)} lines but {first[0]} has {first[1]}",
+                            expected="multi-way parallel files with equal line counts")
+        out[lang] = lines
+    return out
+
+
+def evaluate_xsim(encode: Callable[[list[str]], np.ndarray], sentences: dict[str, list[str]],
+                  target: str = "eng_Latn", languages: Sequence[str] | None = None, k: int = 4,
+                  margin: str = "ratio", progress: bool = True, *, eval_text: bool = False,
+                  backend: str = "auto") -> dict[str, float]:
+    """xsim error rates X -> ``target`` for each language of a multi-way set.
+
+    Args:
+        encode: ``list[str] -> (n, D)`` embeddings (numpy or torch).
+        sentences: ``{lang: sentences}`` as from :func:`load_multiway`; it must contain ``target``.
+        target: the pivot language searched into (FLORES code).
+        languages: source languages; default all of ``sentences`` except ``target``.
+        k, margin, eval_text, backend: see :func:`clse.eval.xsim.xsim`.
+        progress: show a tqdm bar over languages.
+
+    Returns:
+        ``{"xsim/<lang>": error % , ..., "xsim/avg": mean over languages}`` (lower is better).
+        The target and each language are encoded once.
+    """
+    from tqdm.auto import tqdm
+
+    if target not in sentences:
+        raise ClseError(f"xsim target language {target!r} is not in the evaluation set "
+                        f"(it has: {', '.join(sorted(sentences)) or 'nothing'})")
+    langs = [lang for lang in (languages if languages is not None else sentences)
+             if lang != target]
+    missing = [lang for lang in langs if lang not in sentences]
+    if missing:
+        raise ClseError(f"xsim languages {missing} are not in the evaluation set "
+                        f"(it has: {', '.join(sorted(sentences))})")
+    if not langs:
+        raise ClseError("xsim needs at least one source language besides the target")
+
+    tgt_texts = list(sentences[target])
+    tgt_emb = _encode(encode, tgt_texts, target)
+    metrics: dict[str, float] = {}
+    bar = tqdm(langs, desc=f"xsim ->{target}", unit="lang", disable=not progress, leave=False)
+    for lang in bar:
+        src_texts = list(sentences[lang])
+        if len(src_texts) != len(tgt_texts):
+            raise ClseError(f"xsim: {lang} has {len(src_texts)} sentences but {target} has "
+                            f"{len(tgt_texts)}; the set must be multi-way parallel")
+        src_emb = _encode(encode, src_texts, lang)
+        rate = xsim_error_rate(src_emb, tgt_emb, k, margin, tgt_texts=tgt_texts,
+                               eval_text=eval_text, backend=backend)
+        metrics[f"xsim/{lang}"] = rate
+        bar.set_postfix_str(f"{lang} {rate:.2f}%")
+    metrics["xsim/avg"] = float(np.mean([metrics[f"xsim/{lang}"] for lang in langs]))
+    return metrics
+
+
+def _encode(encode: Callable[[list[str]], np.ndarray], texts: list[str], lang: str):
+    emb = encode(texts)
+    rows = getattr(emb, "shape", (len(emb),))[0]
+    if rows != len(texts):
+        raise ClseError(f"the encoder returned {rows} embeddings for {len(texts)} {lang} sentences")
+    return emb

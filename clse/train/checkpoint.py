@@ -1,0 +1,150 @@
+"""Checkpoints that survive a kill at any moment.
+
+A checkpoint is a folder ``step_XXXXXXXX/`` holding:
+
+* ``encoder/``: the encoder as a Hugging Face folder (config, safetensors weights, tokenizer);
+* ``extra.safetensors``: the objective's own modules (e.g. the MEXMA head) and RNG states;
+* ``optimizer.pt``: the optimizer state (tensors and numbers only: loaded with weights_only=True);
+* ``state.json``: the step and bookkeeping; ``manifest.json``: SHA-256 of every file, written last.
+
+It is written into ``.tmp-step_XXXXXXXX`` and renamed into place, so a reader sees either a
+complete checkpoint or none. A folder whose manifest is missing or does not match is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from clse.errors import ClseError
+
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
+@dataclass
+class TrainState:
+    step: int
+    torch_rng: torch.Tensor
+    mask_rng: torch.Tensor
+    extra_modules: dict[str, torch.Tensor]
+    optimizer: dict
+    info: dict
+
+
+def save_checkpoint(ckpt_dir: Path, *, step: int, encoder, tokenizer, extra_module: torch.nn.Module | None,
+                    optimizer: torch.optim.Optimizer, mask_generator: torch.Generator,
+                    info: dict, keep: int = 2) -> Path:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:08d}"
+    final = ckpt_dir / name
+    tmp = ckpt_dir / f".tmp-{name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    encoder.save_pretrained(tmp / "encoder", safe_serialization=True)
+    tokenizer.save_pretrained(tmp / "encoder")
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.mask": mask_generator.get_state()}
+    if extra_module is not None:
+        # tied weights (the head's vocabulary projection) live in the encoder: store each tensor once
+        encoder_ptrs = {p.data_ptr() for p in encoder.parameters()}
+        for key, value in extra_module.state_dict().items():
+            if value.data_ptr() not in encoder_ptrs:
+                tensors[f"module.{key}"] = value.detach().contiguous().clone()
+    save_file(tensors, str(tmp / "extra.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, **info}, indent=2))
+    _fsync_tree(tmp)
+    files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    (tmp / MANIFEST).write_text(json.dumps(files, indent=2))
+    _fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _prune(ckpt_dir, keep)
+    return final
+
+
+def verify(ckpt: Path) -> str | None:
+    """None when ``ckpt`` is complete and intact, else what is wrong."""
+    manifest = ckpt / MANIFEST
+    if not manifest.is_file():
+        return "no manifest.json (the write did not finish)"
+    try:
+        files = json.loads(manifest.read_text())
+    except json.JSONDecodeError:
+        return "manifest.json is not valid JSON"
+    for rel, digest in files.items():
+        path = ckpt / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        if _sha256(path) != digest:
+            return f"{rel} does not match its checksum (truncated or corrupt)"
+    return None
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step_"))
+
+
+def _prune(ckpt_dir: Path, keep: int) -> None:
+    good = [p for p in list_checkpoints(ckpt_dir) if verify(p) is None]
+    for old in good[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def find_resumable(path: str | Path) -> Path:
+    """The newest intact checkpoint in a run folder, a checkpoints folder, or the checkpoint itself."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ClseError(f"trainer.resume={path}: no such file or folder")
+    if (path / MANIFEST).exists() or path.name.startswith("step_"):
+        problem = verify(path)
+        if problem:
+            raise ClseError(f"checkpoint {path} is not usable: {problem}")
+        return path
+    for ckpt_dir in (path / "checkpoints", path):
+        candidates = list_checkpoints(ckpt_dir)
+        for ckpt in reversed(candidates):
+            problem = verify(ckpt)
+            if problem is None:
+                return ckpt
+            import warnings
+
+            warnings.warn(f"skipping checkpoint {ckpt}: {problem}; trying the previous one",
+                          stacklevel=2)
+    raise ClseError(f"trainer.resume={path}: no intact checkpoint found "
+                    f"(looked for step_*/ folders with a matching manifest.json)")
+
+
+def load_state(ckpt: Path) -> TrainState:
+    tensors = load_file(str(ckpt / "extra.safetensors"))
+    info = json.loads((ckpt / "state.json").read_text())
+    optimizer = torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu")
+    modules = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
+    return TrainState(step=int(info["step"]), torch_rng=tensors["rng.torch"],
+                      mask_rng=tensors["rng.mask"], extra_modules=modules, optimizer=optimizer,
+                      info=info)

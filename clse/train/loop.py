@@ -1,0 +1,205 @@
+"""The shared training loop: every objective, alignment loss and regulariser runs through it.
+
+Read top to bottom: data -> model -> optimizer -> (resume) -> steps (forward, losses, backward,
+step, log, eval, checkpoint) -> final evaluation -> export. The loop never names a method: the
+objective asks ``Views`` for the encoder passes it needs and returns named loss terms.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from clse.errors import ClseError
+from clse.interfaces import Views
+from clse.model.sentence_encoder import ClseSentenceEncoder
+from clse.train import checkpoint as ckpt
+from clse.train.build import (autocast_dtype, build_components, load_pairs, resolve_device,
+                              seed_everything)
+from clse.train.schedule import lr_at
+
+log = logging.getLogger("clse.train")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    export_dir: Path | None = None
+    run_id: str | None = None
+
+
+def evaluate(components, model, cfg: DictConfig, split: str, device, dtype) -> dict[str, float]:
+    encoder = ClseSentenceEncoder(model, components.encoder.tokenizer, components.pooling,
+                                  max_length=cfg.data.max_length, device=device,
+                                  autocast_dtype=dtype)
+    metrics: dict[str, float] = {}
+    for key, evaluator in components.evaluators.items():
+        for name, value in evaluator(encoder, split).items():
+            metrics[f"{split}/{name}"] = float(value)
+    return metrics
+
+
+def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
+    from clse.data.collate import Collator
+    from clse.data.sampling import LanguageSampler
+
+    tcfg = cfg.trainer
+    run_dir = Path(run_dir)
+    seed_everything(cfg.seed, tcfg.deterministic)
+    device = resolve_device(tcfg.device)
+    dtype = autocast_dtype(tcfg.precision, device)
+    if tcfg.threads:
+        torch.set_num_threads(int(tcfg.threads))
+
+    # --- data: a sampler that is a pure function of (seed, step), so resuming needs no data state
+    pairs = load_pairs(cfg.data)
+    sampler = LanguageSampler(pairs, alpha=cfg.data.alpha, seed=cfg.seed, mix=cfg.data.mix)
+
+    # --- model and losses (from the checkpoint's encoder folder when resuming)
+    resume_from = ckpt.find_resumable(tcfg.resume) if tcfg.resume else None
+    encoder_bundle = None
+    if resume_from is not None:
+        from clse_plugins.xlmr import load_pretrained
+
+        encoder_bundle = load_pretrained(str(resume_from / "encoder"),
+                                         attn_implementation=cfg.encoder.get("attn_implementation", "sdpa"))
+    comp = build_components(cfg, pairs, run_dir, encoder=encoder_bundle)
+    model = comp.encoder.model.to(device)
+    extra = comp.objective.modules()
+    if extra is not None:
+        extra.to(device)
+    collate = Collator(comp.encoder.tokenizer, max_length=cfg.data.max_length)
+    params = list(model.parameters())
+    if extra is not None:
+        seen = {id(p) for p in params}
+        params += [p for p in extra.parameters() if id(p) not in seen]
+    optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay,
+                                  betas=tuple(tcfg.betas), eps=tcfg.eps)
+    mask_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    total_steps, accum = int(tcfg.steps), int(tcfg.grad_accum)
+    start = 0
+    if resume_from is not None:
+        state = ckpt.load_state(resume_from)
+        if extra is not None:
+            missing = extra.load_state_dict(state.extra_modules, strict=False)
+            bad = [k for k in missing.missing_keys if not k.startswith("embeddings.")]
+            if bad or missing.unexpected_keys:
+                raise ClseError(f"checkpoint {resume_from} does not match objective "
+                                f"{cfg.objective.name!r}: missing {bad}, unexpected "
+                                f"{missing.unexpected_keys}")
+        optimizer.load_state_dict(state.optimizer)
+        torch.set_rng_state(state.torch_rng)
+        mask_gen.set_state(state.mask_rng)
+        start = state.step
+        log.info("resuming from %s at step %d", resume_from, start)
+    n_params = sum(p.numel() for p in params)
+    if tracker is not None:
+        tracker.set_tags({"clse.params": str(n_params), "clse.encoder": comp.encoder.source})
+        tracker.log_metrics({f"data/p_{k}": v for k, v in sampler.probabilities().items()}, step=0)
+
+    # --- baseline: the untrained model on the final split, for "did it learn?"
+    metrics: dict[str, float] = {}
+    if start == 0 and cfg.eval.baseline and comp.evaluators:
+        base = evaluate(comp, model, cfg, cfg.eval.final_split, device, dtype)
+        metrics.update({f"untrained/{k}": v for k, v in base.items()})
+        if tracker is not None:
+            tracker.log_metrics({f"untrained/{k}": v for k, v in base.items()}, step=0)
+
+    model.train()
+    if extra is not None:
+        extra.train()
+    bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc="train",
+               dynamic_ncols=True, disable=not cfg.progress)
+    for step in bar:
+        t0 = time.perf_counter()
+        lr = lr_at(step, lr=tcfg.lr, total_steps=total_steps, warmup_ratio=tcfg.warmup_ratio,
+                   start_factor=tcfg.warmup_start_factor)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # --- forward and losses, over `accum` micro-batches
+        logs: dict[str, float] = {}
+        tokens = 0
+        for micro in range(accum):
+            batch = collate([pairs[i] for i in sampler.batch(step * accum + micro, cfg.data.batch_size)])
+            batch = batch.to(device)
+            tokens += batch.real_tokens
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                out = comp.objective(Views(batch, model, comp.pooling, mask_gen))
+                terms = {f"objective/{k}": v for k, v in out.terms.items()}
+                loss = comp.objective.weight * sum(out.terms.values())
+                if out.pair is not None:
+                    a, b = out.pair
+                    align = comp.alignment(a, b)
+                    reg = (comp.regularizer(a) + comp.regularizer(b)) / 2
+                    terms["alignment"], terms["regularizer"] = align, reg
+                    loss = loss + comp.alignment.weight * align + comp.regularizer.weight * reg
+            if not torch.isfinite(loss):
+                raise ClseError(f"non-finite loss at step {step}: "
+                                + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+                                + f"; languages {sorted(set(batch.b_lang))}")
+            (loss / accum).backward()
+            for k, v in {**terms, "loss": loss}.items():
+                logs[k] = logs.get(k, 0.0) + v.item() / accum
+            for k, v in out.metrics.items():
+                logs[f"objective/{k}"] = logs.get(f"objective/{k}", 0.0) + v / accum
+
+        # --- step
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.clip_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - t0
+        done = step + 1
+
+        # --- log
+        logs.update({"lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tokens / elapsed})
+        bar.set_postfix(loss=f"{logs['loss']:.3f}", tok_s=f"{logs['tokens_per_s']:.0f}")
+        if tracker is not None and (done % tcfg.log_every == 0 or done == total_steps):
+            tracker.log_metrics({f"train/{k}": v for k, v in logs.items()}, step=done)
+
+        # --- periodic evaluation and checkpoint
+        if cfg.eval.every and done % cfg.eval.every == 0 and done < total_steps:
+            dev = evaluate(comp, model, cfg, cfg.eval.split, device, dtype)
+            if tracker is not None:
+                tracker.log_metrics(dev, step=done)
+        if tcfg.checkpoint_every and (done % tcfg.checkpoint_every == 0 or done == total_steps):
+            ckpt.save_checkpoint(run_dir / "checkpoints", step=done, encoder=model,
+                                 tokenizer=comp.encoder.tokenizer, extra_module=extra,
+                                 optimizer=optimizer, mask_generator=mask_gen,
+                                 info={"objective": cfg.objective.name}, keep=tcfg.keep_checkpoints)
+        if tcfg.stop_after and done >= tcfg.stop_after:  # testing aid: simulate a killed run
+            bar.close()
+            return TrainResult(run_dir, done, metrics)
+    bar.close()
+
+    # --- final evaluation and export
+    final_split = cfg.eval.final_split
+    if comp.evaluators:
+        for split in dict.fromkeys([cfg.eval.split, final_split]):
+            metrics.update(evaluate(comp, model, cfg, split, device, dtype))
+        if tracker is not None:
+            tracker.log_metrics({k: v for k, v in metrics.items() if not k.startswith("untrained/")},
+                                step=total_steps)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    export_dir = None
+    if tcfg.export:
+        from clse.export import export_all
+
+        export_dir = run_dir / "export"
+        export_all(model.cpu(), comp.encoder.tokenizer, export_dir, pooling=cfg.pooling.name,
+                   max_seq_length=cfg.data.max_length)
+        if tracker is not None:
+            tracker.log_artifacts(export_dir, "model")
+    if tracker is not None:
+        tracker.log_artifact(run_dir / "metrics.json")
+    return TrainResult(run_dir, total_steps, metrics, export_dir)
