@@ -1,0 +1,45 @@
+"""Turn a list of pairs into a padded, tokenised :class:`clse.interfaces.Batch`."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from clse.data.readers import Pair
+from clse.errors import ConfigError
+from clse.interfaces import Batch
+
+
+class Collator:
+    """Tokenises side A (``src``) and side B (``tgt``) separately.
+
+    Each side is truncated to ``max_length`` tokens (special tokens included) and padded to the
+    longest sequence of that side in the batch with ``tokenizer.pad_token_id``; ids and masks
+    are ``torch.long``.
+
+    Args:
+        tokenizer: a Hugging Face fast tokenizer with a pad token.
+        max_length: the longest sequence kept (MEXMA: 200).
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int = 200):
+        if tokenizer.pad_token_id is None:
+            raise ConfigError("the tokenizer has no pad token; set tokenizer.pad_token")
+        if max_length < 2:
+            raise ConfigError(f"max_length must be >= 2, got {max_length}")
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+
+    def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length,
+                             padding="longest", return_tensors="pt")
+        return enc["input_ids"].long(), enc["attention_mask"].long()
+
+    def __call__(self, pairs: Sequence[Pair]) -> Batch:
+        if not pairs:
+            raise ValueError("cannot collate an empty list of pairs")
+        a_ids, a_mask = self._encode([p.src for p in pairs])
+        b_ids, b_mask = self._encode([p.tgt for p in pairs])
+        return Batch(a_ids, a_mask, b_ids, b_mask,
+                     [p.src_lang for p in pairs], [p.tgt_lang for p in pairs])
