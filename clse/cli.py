@@ -34,6 +34,17 @@ def _fail(exc: BaseException) -> int:
 
 
 # ----------------------------------------------------------------------------- train
+def _user_error(exc: BaseException) -> BaseException | None:
+    """The ClseError behind ``exc`` (omegaconf wraps errors raised inside resolvers), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, ClseError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _train_task(cfg) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -46,11 +57,14 @@ def _train_task(cfg) -> float | None:
     try:
         tags = {"clse.objective": cfg.objective.name, "clse.alignment": cfg.alignment.name,
                 "clse.run_dir": str(run_dir)}
-        with tracker.start(experiment=cfg.experiment, run_name=cfg.run_name, config=cfg, tags=tags):
+        with tracker.start(experiment=cfg.tracking.experiment, run_name=cfg.run_name, config=cfg, tags=tags):
             result = train(cfg, run_dir, tracker=tracker)
-    except ClseError as exc:
+    except Exception as exc:
+        user_error = _user_error(exc)
+        if user_error is None:
+            raise
         # hydra would print a traceback; a user error gets one clear line and a failed exit code
-        print(f"clse: error: {exc}", file=sys.stderr)
+        print(f"clse: error: {user_error}", file=sys.stderr)
         sys.exit(2)
     summary = {k: round(v, 3) for k, v in result.metrics.items() if k.endswith("/avg")}
     print(f"clse: run finished in {run_dir} (MLflow run {tracker.run_id}): {json.dumps(summary)}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import warnings
 
 from omegaconf import OmegaConf
 
@@ -33,15 +33,28 @@ def register_plugin_configs() -> None:
     for loaded in registry().all():
         spec = loaded.spec
         group = GROUP_OF_KIND[spec.kind]
-        if spec.config is None:
-            node = {"name": spec.name}
-        else:
-            node = spec.config()
-            if dataclasses.is_dataclass(node):
-                node = OmegaConf.structured(node)
+        try:
+            node = {"name": spec.name} if spec.config is None else OmegaConf.structured(spec.config())
+        except Exception as exc:  # e.g. a field without a default: skip that plugin, say why
+            warnings.warn(f"clse: {spec.kind} {spec.name!r} ({loaded.package}) has a config that "
+                          f"cannot be built with defaults and is not selectable: {exc}", stacklevel=2)
+            continue
         cs.store(group=group, name=spec.name, node=node, provider=loaded.package)
+
+
+def register_search_path_plugin() -> None:
+    """Make hydra use clse's search-path plugin even where namespace-package scanning misses it."""
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+    from hydra_plugins.clse_searchpath import ClseSearchPathPlugin
+
+    plugins = Plugins.instance()
+    if ClseSearchPathPlugin not in plugins.discover(SearchPathPlugin):
+        plugins.register(ClseSearchPathPlugin)
 
 
 def setup() -> None:
     register_resolvers()
     register_plugin_configs()
+    register_search_path_plugin()

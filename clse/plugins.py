@@ -44,6 +44,10 @@ class FailedPlugin:
     error: str
 
 
+def _strict() -> bool:
+    return os.environ.get("CLSE_STRICT_PLUGINS", "") not in ("", "0", "false")
+
+
 def _disabled() -> set[str]:
     raw = os.environ.get("CLSE_DISABLE_PLUGINS", "")
     return {x.strip() for x in raw.split(",") if x.strip()}
@@ -62,8 +66,15 @@ class Registry:
             hook = getattr(pm.hook, hook_name)
             for impl in hook.get_hookimpls():
                 source, package = sources.get(id(impl.plugin), (impl.plugin_name, "?"))
-                for spec in impl.function() or []:
-                    self._add(kind, spec, source, package)
+                try:
+                    for spec in impl.function() or []:
+                        self._add(kind, spec, source, package)
+                except Exception as exc:  # one plugin's broken hook must not take clse down
+                    if _strict():
+                        raise
+                    self.failed.append(FailedPlugin(source, package, f"{type(exc).__name__}: {exc}"))
+                    warnings.warn(f"clse: skipping {kind} plugins of {source!r} ({package}): "
+                                  f"{type(exc).__name__}: {exc}", stacklevel=2)
 
     def _add(self, kind: str, spec: PluginSpec, source: str, package: str) -> None:
         if spec.kind != kind:
@@ -131,13 +142,18 @@ def to_dataclass(spec: PluginSpec, cfg: Any) -> Any:
 
 
 def _load_entry_points(pm: pluggy.PluginManager, disabled: set[str]):
-    strict = os.environ.get("CLSE_STRICT_PLUGINS", "") not in ("", "0", "false")
+    strict = _strict()
     sources: dict[int, tuple[str, str]] = {}
     failed: list[FailedPlugin] = []
     seen: set[str] = set()
     for ep in entry_points(group=PROJECT):
         package = ep.dist.name if ep.dist is not None else "?"
-        if ep.name in disabled or ep.name in seen:
+        if ep.name in disabled:
+            continue
+        if ep.name in seen:
+            warnings.warn(f"clse: entry point {ep.name!r} of {package} has the name of one already "
+                          f"loaded and is ignored; rename it in that package's pyproject.toml",
+                          stacklevel=2)
             continue
         seen.add(ep.name)
         try:

@@ -66,7 +66,7 @@ class UnmaskingHead(nn.Module):
             vocab_size=enc_cfg.vocab_size)
         self.config._attn_implementation = enc_cfg._attn_implementation
         self.layers = XLMRobertaEncoder(self.config)
-        self.embeddings = encoder.get_input_embeddings()  # tied: not a parameter of the head
+        self.embeddings = encoder.get_input_embeddings()  # tied: shared with the encoder
         self.bias = nn.Parameter(torch.zeros(enc_cfg.vocab_size))
         self.layers.apply(self._init)
 
@@ -97,8 +97,9 @@ class Mexma:
         if cfg.align not in ("clean", "clean_masked"):
             raise ConfigError(f"objective.align must be clean or clean_masked, got {cfg.align!r}")
         if not cfg.symmetric and cfg.align == "clean":
-            raise ConfigError("objective.symmetric=false has a single clean view: use "
-                              "objective.align=clean_masked (or alignment=none)")
+            raise ConfigError("objective.symmetric=false has a single clean view: set "
+                              "objective.align=clean_masked (the pair is then the masked side's "
+                              "vector and the clean side's; use alignment=none for Table 11 ①)")
         tok = encoder.tokenizer
         if tok.mask_token_id is None:
             raise ConfigError(f"MEXMA needs a tokenizer with a mask token ({encoder.source})")
@@ -158,7 +159,7 @@ class Mexma:
         pad = views.encoder.config.pad_token_id
         a_ids, a_mask = padded(batch.a_ids, batch.a_mask, pad)
         b_ids, b_mask = padded(batch.b_ids, batch.b_mask, pad)
-        swap = torch.rand(len(batch), generator=gen) < 0.5  # per sample: mask B instead of A
+        swap = (torch.rand(len(batch), generator=gen) < 0.5).to(a_ids.device)  # per sample: mask B
         m_ids = torch.where(swap[:, None], b_ids, a_ids)
         m_mask = torch.where(swap[:, None], b_mask, a_mask)
         c_ids = torch.where(swap[:, None], a_ids, b_ids)

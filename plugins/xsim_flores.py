@@ -100,13 +100,15 @@ class XsimEvaluator:
                                 f"({where}): set {ENV_VAR}=/path/to/data (a folder with "
                                 f"flores200/{split}/<lang>.txt), or use source=auto")
             return self._bundled(languages)
+        if cfg.source == "bundled":
+            return self._bundled(languages)
         path = Path(cfg.source).expanduser()
         if (path / split).is_dir():
             return path / split, languages
         if path.is_dir():
             return path, languages
         raise ClseError(f"xsim source {cfg.source!r} is not a folder (expected <split>/<lang>.txt "
-                        f"or <lang>.txt inside it), nor 'auto' or 'flores200'")
+                        f"or <lang>.txt inside it), nor 'auto', 'flores200' or 'bundled'")
 
     def _bundled(self, languages: list[str]) -> tuple[Path, list[str]]:
         have = set(bundled_languages())

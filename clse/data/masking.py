@@ -17,26 +17,26 @@ def mask_tokens(input_ids: Tensor, attention_mask: Tensor, *, special_ids: Tenso
     """
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"masking ratio must be in (0, 1], got {ratio}")
-    eligible = attention_mask.bool() & ~torch.isin(input_ids, special_ids.to(input_ids.device))
-    draw = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    device = input_ids.device  # draws come from the CPU generator (checkpointed), then move
+    eligible = attention_mask.bool() & ~torch.isin(input_ids, special_ids.to(device))
+    draw = torch.rand(input_ids.shape, generator=generator).to(device)
     chosen = eligible & (draw < ratio)
     if not chosen.any() and eligible.any():
         flat = eligible.flatten().nonzero().squeeze(1)
-        pick = flat[torch.randint(len(flat), (1,), generator=generator, device=input_ids.device)]
+        pick = flat[torch.randint(len(flat), (1,), generator=generator).to(device)]
         chosen.view(-1)[pick] = True
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
 
-    action = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    action = torch.rand(input_ids.shape, generator=generator).to(device)
     to_mask = chosen & (action < mask_prob)
     to_random = chosen & (action >= mask_prob) & (action < mask_prob + random_prob)
     masked = input_ids.clone()
     masked[to_mask] = mask_id
     if to_random.any():
-        allowed = torch.ones(vocab_size, dtype=torch.bool, device=input_ids.device)
+        allowed = torch.ones(vocab_size, dtype=torch.bool, device=device)
         allowed[special_ids[special_ids < vocab_size]] = False
         pool = allowed.nonzero().squeeze(1)
-        idx = torch.randint(len(pool), (int(to_random.sum()),), generator=generator,
-                            device=input_ids.device)
+        idx = torch.randint(len(pool), (int(to_random.sum()),), generator=generator).to(device)
         masked[to_random] = pool[idx]
     return masked, labels
 

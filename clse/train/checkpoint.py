@@ -48,6 +48,7 @@ class TrainState:
     step: int
     torch_rng: torch.Tensor
     mask_rng: torch.Tensor
+    cuda_rng: torch.Tensor | None
     extra_modules: dict[str, torch.Tensor]
     optimizer: dict
     info: dict
@@ -66,6 +67,8 @@ def save_checkpoint(ckpt_dir: Path, *, step: int, encoder, tokenizer, extra_modu
     encoder.save_pretrained(tmp / "encoder", safe_serialization=True)
     tokenizer.save_pretrained(tmp / "encoder")
     tensors = {"rng.torch": torch.get_rng_state(), "rng.mask": mask_generator.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
     if extra_module is not None:
         # tied weights (the head's vocabulary projection) live in the encoder: store each tensor once
         encoder_ptrs = {p.data_ptr() for p in encoder.parameters()}
@@ -146,5 +149,6 @@ def load_state(ckpt: Path) -> TrainState:
     optimizer = torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu")
     modules = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
     return TrainState(step=int(info["step"]), torch_rng=tensors["rng.torch"],
-                      mask_rng=tensors["rng.mask"], extra_modules=modules, optimizer=optimizer,
+                      mask_rng=tensors["rng.mask"], cuda_rng=tensors.get("rng.cuda"),
+                      extra_modules=modules, optimizer=optimizer,
                       info=info)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ class TrainResult:
 
 def evaluate(components, model, cfg: DictConfig, split: str, device, dtype) -> dict[str, float]:
     encoder = ClseSentenceEncoder(model, components.encoder.tokenizer, components.pooling,
-                                  max_length=cfg.data.max_length, device=device,
+                                  max_length=cfg.eval.max_length, device=device,
                                   autocast_dtype=dtype)
     metrics: dict[str, float] = {}
     for key, evaluator in components.evaluators.items():
@@ -86,6 +85,8 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
     optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay,
                                   betas=tuple(tcfg.betas), eps=tcfg.eps)
     mask_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    # fp16 needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     total_steps, accum = int(tcfg.steps), int(tcfg.grad_accum)
     start = 0
     if resume_from is not None:
@@ -99,6 +100,8 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
                                 f"{missing.unexpected_keys}")
         optimizer.load_state_dict(state.optimizer)
         torch.set_rng_state(state.torch_rng)
+        if state.cuda_rng is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(state.cuda_rng, device)
         mask_gen.set_state(state.mask_rng)
         start = state.step
         log.info("resuming from %s at step %d", resume_from, start)
@@ -148,15 +151,17 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
                 raise ClseError(f"non-finite loss at step {step}: "
                                 + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
                                 + f"; languages {sorted(set(batch.b_lang))}")
-            (loss / accum).backward()
+            scaler.scale(loss / accum).backward()
             for k, v in {**terms, "loss": loss}.items():
                 logs[k] = logs.get(k, 0.0) + v.item() / accum
             for k, v in out.metrics.items():
                 logs[f"objective/{k}"] = logs.get(f"objective/{k}", 0.0) + v / accum
 
         # --- step
+        scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.clip_norm)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - t0
         done = step + 1
@@ -197,7 +202,7 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
 
         export_dir = run_dir / "export"
         export_all(model.cpu(), comp.encoder.tokenizer, export_dir, pooling=cfg.pooling.name,
-                   max_seq_length=cfg.data.max_length)
+                   max_seq_length=cfg.eval.max_length)
         if tracker is not None:
             tracker.log_artifacts(export_dir, "model")
     if tracker is not None:

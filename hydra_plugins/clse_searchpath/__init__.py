@@ -1,4 +1,4 @@
-"""Hydra search-path plugin: adds clse's own configs and every plugin package's config folders.
+"""Hydra search-path plugin: adds the config folders of clse plugin packages.
 
 Hydra has no entry-point discovery of config groups; it scans the ``hydra_plugins`` namespace
 package. This plugin asks clse's pluggy registry (entry-point group ``clse``) for the folders that
