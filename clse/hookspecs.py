@@ -55,7 +55,11 @@ class ClseHookSpecs:
 
     @hookspec
     def clse_encoders(self) -> list[PluginSpec]:
-        """Encoders: ``factory(cfg, texts=...) -> EncoderBundle`` (model + tokenizer)."""
+        """Encoders: ``factory(cfg, texts=..., work_dir=...) -> EncoderBundle`` (model + tokenizer).
+
+        ``texts()`` yields training sentences (for a tokenizer trained locally); ``work_dir`` is
+        the run folder, where such a tokenizer is saved.
+        """
 
     @hookspec
     def clse_poolings(self) -> list[PluginSpec]:

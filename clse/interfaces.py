@@ -38,11 +38,15 @@ class Pooling(Protocol):
 
 
 class Alignment(Protocol):
+    weight: float  # the loop adds weight * loss
+
     def __call__(self, a: Tensor, b: Tensor) -> Tensor:
         """(B, D) x (B, D) sentence vectors of translations -> scalar loss."""
 
 
 class Regularizer(Protocol):
+    weight: float  # the loop adds weight * (loss(a) + loss(b)) / 2
+
     def __call__(self, x: Tensor) -> Tensor:
         """(B, D) sentence vectors -> scalar loss."""
 

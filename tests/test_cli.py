@@ -14,6 +14,8 @@ TINY = [
     "encoder.vocab_size=400", "encoder.tokenizer_sample=4000", "objective.head_layers=1",
     "data.batch_size=8", "data.max_length=32", "trainer.steps=6", "trainer.log_every=2",
     "trainer.checkpoint_every=3", "progress=false",
+]
+SMALL_EVAL = [
     "eval.evaluators.xsim.source=bundled", "eval.evaluators.xsim.max_sentences=60",
     "eval.evaluators.xsim.languages=[deu_Latn,fra_Latn]",
 ]
@@ -30,7 +32,7 @@ def clse(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Completed
 
 @pytest.mark.slow
 def test_train_end_to_end_tracks_everything(tmp_path):
-    res = clse("train", *TINY, "hydra.run.dir=run", cwd=tmp_path)
+    res = clse("train", *TINY, *SMALL_EVAL, "hydra.run.dir=run", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     run_dir = tmp_path / "run"
     assert (run_dir / "export" / "hf" / "model.safetensors").is_file()

@@ -93,8 +93,21 @@ def test_config_without_name_field_is_rejected(fake_eps):
         def clse_poolings(self):
             return [PluginSpec(kind="pooling", name="bad", factory=lambda c: c, config=NoName)]
 
-    with pytest.raises(PluginError, match="needs a field `name"):
-        fake_eps([FakeEntryPoint("bad", obj=Bad())])
+    with pytest.warns(UserWarning, match="needs a field `name"):
+        reg = fake_eps([FakeEntryPoint("bad", obj=Bad()), FakeEntryPoint("cosine", obj=CosinePlugin())])
+    assert reg.names("pooling") == [] and reg.names("alignment") == ["cosine"]
+    assert reg.failed[0].source == "bad"
+
+
+def test_raising_hook_is_isolated(fake_eps):
+    class Raises:
+        @hookimpl
+        def clse_objectives(self):
+            raise RuntimeError("bug in a third-party plugin")
+
+    with pytest.warns(UserWarning, match="bug in a third-party plugin"):
+        reg = fake_eps([FakeEntryPoint("raises", obj=Raises()), FakeEntryPoint("cosine", obj=CosinePlugin())])
+    assert reg.names("alignment") == ["cosine"]
 
 
 def test_builtins_come_from_entry_points():
