@@ -143,6 +143,25 @@ def find_resumable(path: str | Path) -> Path:
                     f"(looked for step_*/ folders with a matching manifest.json)")
 
 
+def restore(ckpt: Path, *, extra_module: torch.nn.Module | None, optimizer: torch.optim.Optimizer,
+            mask_generator: torch.Generator, device: torch.device) -> int:
+    """Load everything but the encoder (built from ``ckpt/encoder``) in place; return the step."""
+    state = load_state(ckpt)
+    if extra_module is not None:
+        result = extra_module.load_state_dict(state.extra_modules, strict=False)
+        tied = ("embeddings.",)  # stored once, in the encoder
+        missing = [k for k in result.missing_keys if not k.startswith(tied)]
+        if missing or result.unexpected_keys:
+            raise ClseError(f"checkpoint {ckpt} does not match the configured objective: "
+                            f"missing {missing}, unexpected {result.unexpected_keys}")
+    optimizer.load_state_dict(state.optimizer)
+    torch.set_rng_state(state.torch_rng)
+    if state.cuda_rng is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state.cuda_rng, device)
+    mask_generator.set_state(state.mask_rng)
+    return state.step
+
+
 def load_state(ckpt: Path) -> TrainState:
     tensors = load_file(str(ckpt / "extra.safetensors"))
     info = json.loads((ckpt / "state.json").read_text())

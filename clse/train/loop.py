@@ -89,25 +89,14 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     total_steps, accum = int(tcfg.steps), int(tcfg.grad_accum)
     start = 0
-    if resume_from is not None:
-        state = ckpt.load_state(resume_from)
-        if extra is not None:
-            missing = extra.load_state_dict(state.extra_modules, strict=False)
-            bad = [k for k in missing.missing_keys if not k.startswith("embeddings.")]
-            if bad or missing.unexpected_keys:
-                raise ClseError(f"checkpoint {resume_from} does not match objective "
-                                f"{cfg.objective.name!r}: missing {bad}, unexpected "
-                                f"{missing.unexpected_keys}")
-        optimizer.load_state_dict(state.optimizer)
-        torch.set_rng_state(state.torch_rng)
-        if state.cuda_rng is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(state.cuda_rng, device)
-        mask_gen.set_state(state.mask_rng)
-        start = state.step
+    if resume_from is not None:  # optimizer, objective modules, RNGs; the data needs no state
+        start = ckpt.restore(resume_from, extra_module=extra, optimizer=optimizer,
+                             mask_generator=mask_gen, device=device)
         log.info("resuming from %s at step %d", resume_from, start)
     n_params = sum(p.numel() for p in params)
     if tracker is not None:
-        tracker.set_tags({"clse.params": str(n_params), "clse.encoder": comp.encoder.source})
+        tracker.set_tags({"clse.params": str(n_params), "clse.encoder": comp.encoder.source,
+                          "clse.resumed_from": str(resume_from or "")})
         tracker.log_metrics({f"data/p_{k}": v for k, v in sampler.probabilities().items()}, step=0)
 
     # --- baseline: the untrained model on the final split, for "did it learn?"
