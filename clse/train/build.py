@@ -69,6 +69,10 @@ def build_components(cfg: DictConfig, pairs, run_dir: Path,
     objective = reg.build("objective", cfg.objective, encoder=encoder)
     alignment = reg.build("alignment", cfg.alignment)
     regularizer = reg.build("regularizer", cfg.regularizer)
+    if getattr(objective, "needs_alignment", False) and alignment.weight == 0:
+        raise ConfigError(f"objective={cfg.objective.name} has no loss of its own, so "
+                          f"alignment={cfg.alignment.name} (weight 0) leaves nothing to train: "
+                          f"choose an alignment loss, e.g. alignment=contrastive")
     evaluators = {key: reg.build("evaluator", ev_cfg)
                   for key, ev_cfg in (cfg.eval.get("evaluators") or {}).items()}
     return Components(encoder, pooling, objective, alignment, regularizer, evaluators)

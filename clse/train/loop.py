@@ -129,7 +129,7 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 out = comp.objective(Views(batch, model, comp.pooling, mask_gen))
                 terms = {f"objective/{k}": v for k, v in out.terms.items()}
-                loss = comp.objective.weight * sum(out.terms.values())
+                loss = comp.objective.weight * sum(out.terms.values(), torch.zeros((), device=device))
                 if out.pair is not None:
                     a, b = out.pair
                     align = comp.alignment(a, b)

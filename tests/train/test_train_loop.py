@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from clse.errors import ClseError
 
 FAST = [
-    "encoder.vocab_size=400", "encoder.tokenizer_sample=4000", "objective.head_layers=1",
+    "encoder.vocab_size=400", "encoder.tokenizer_sample=4000",
     "data.batch_size=8", "data.max_length=32", "eval=none", "trainer.log_every=1",
     "trainer.export=false", "progress=false", "tracking.enabled=false",
 ]
@@ -23,7 +23,8 @@ def compose_cfg(overrides: list[str]):
 
     setup()
     with initialize_config_module(config_module="clse_configs", version_base="1.3"):
-        return compose(config_name="train", overrides=FAST + overrides)
+        mexma = [] if any(o.startswith("objective=") for o in overrides) else ["objective.head_layers=1"]
+        return compose(config_name="train", overrides=FAST + mexma + overrides)
 
 
 def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -69,6 +70,9 @@ def test_resume_skips_a_corrupt_checkpoint(tmp_path):
     ["alignment=contrastive", "regularizer=none"],
     ["objective.token_grads=false"],
     ["objective.symmetric=false", "objective.align=clean_masked", "alignment=none", "regularizer=none"],
+    ["objective=none", "alignment=additive_margin", "regularizer=none"],
+    ["objective=tlm", "alignment=contrastive", "regularizer=none", "pooling=weighted_mean"],
+    ["objective=mlm", "alignment=none", "regularizer=none", "pooling=last_token"],
 ])
 def test_loss_decreases(tmp_path, recipe):
     import json
@@ -111,3 +115,11 @@ def test_resume_from_missing_folder(tmp_path):
 
     with pytest.raises(ClseError, match="no such file"):
         train(compose_cfg([f"trainer.resume={tmp_path / 'nope'}"]), tmp_path / "run")
+
+
+def test_nonsense_combination_is_refused(tmp_path):
+    from clse.errors import ConfigError
+    from clse.train.loop import train
+
+    with pytest.raises(ConfigError, match="nothing to train"):
+        train(compose_cfg(["objective=none", "alignment=none"]), tmp_path / "run")
