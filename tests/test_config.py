@@ -86,3 +86,22 @@ def test_data_resolver_without_data(monkeypatch, tmp_path):
 
     assert isinstance(_user_error(info.value), ClseError)
     assert "CLSE_DATA" in str(_user_error(info.value))
+
+
+@pytest.mark.parametrize("recipe,objective,alignment,regularizer", [
+    ("mexma", "mexma", "mse", "koleo"),
+    ("labse", "none", "additive_margin", "none"),
+    ("contrastive_xlmr", "none", "contrastive", "none"),
+    ("mexma_contrastive", "mexma", "contrastive", "none"),
+    ("tlm", "tlm", "contrastive", "none"),
+])
+def test_recipes_compose(recipe, objective, alignment, regularizer):
+    from importlib.resources import files
+
+    cfg = _compose([f"recipe={recipe}"])
+    assert (cfg.objective.name, cfg.alignment.name, cfg.regularizer.name) == (
+        objective, alignment, regularizer)
+    text = (files("clse_configs") / "recipe" / f"{recipe}.yaml").read_text()
+    assert f"clse train recipe={recipe}" in text.splitlines()[1]  # opens with its command
+    # a recipe can still be changed on the command line
+    assert _compose([f"recipe={recipe}", "pooling=mean"]).pooling.name == "mean"
