@@ -61,13 +61,15 @@ class Batch:
     b_mask: Tensor  # (B, Tb)
     a_lang: list[str]
     b_lang: list[str]
+    groups: Tensor | None = None  # (B,) equal ids: rows sharing a sentence (not negatives)
 
     def __len__(self) -> int:
         return int(self.a_ids.shape[0])
 
     def to(self, device: torch.device | str) -> "Batch":
+        groups = None if self.groups is None else self.groups.to(device)
         return Batch(self.a_ids.to(device), self.a_mask.to(device), self.b_ids.to(device),
-                     self.b_mask.to(device), self.a_lang, self.b_lang)
+                     self.b_mask.to(device), self.a_lang, self.b_lang, groups)
 
     def side(self, side: str) -> tuple[Tensor, Tensor]:
         return (self.a_ids, self.a_mask) if side == "a" else (self.b_ids, self.b_mask)

@@ -42,4 +42,28 @@ class Collator:
         a_ids, a_mask = self._encode([p.src for p in pairs])
         b_ids, b_mask = self._encode([p.tgt for p in pairs])
         return Batch(a_ids, a_mask, b_ids, b_mask,
-                     [p.src_lang for p in pairs], [p.tgt_lang for p in pairs])
+                     [p.src_lang for p in pairs], [p.tgt_lang for p in pairs],
+                     duplicate_groups(pairs))
+
+
+def duplicate_groups(pairs: Sequence[Pair]) -> torch.Tensor:
+    """(B,) group ids: rows that share their A or their B sentence (transitively) get one id.
+
+    Sampling with replacement puts the same sentence twice in a batch; contrastive losses must
+    not treat its other copy as a negative, and with dropout the two copies' vectors differ,
+    so duplicates are found from the text.
+    """
+    parent = list(range(len(pairs)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for side in ("src", "tgt"):
+        first: dict[str, int] = {}
+        for i, p in enumerate(pairs):
+            j = first.setdefault(getattr(p, side), i)
+            parent[find(i)] = find(j)
+    return torch.tensor([find(i) for i in range(len(pairs))], dtype=torch.long)

@@ -7,6 +7,7 @@ objective asks ``Views`` for the encoder passes it needs and returns named loss 
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -107,6 +108,8 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
         if tracker is not None:
             tracker.log_metrics({f"untrained/{k}": v for k, v in base.items()}, step=0)
 
+    # contrastive alignments take the batch's duplicate groups (repeated sentences are no negatives)
+    align_groups = "group_ids" in inspect.signature(comp.alignment.__call__).parameters
     model.train()
     if extra is not None:
         extra.train()
@@ -132,7 +135,8 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
                 loss = comp.objective.weight * sum(out.terms.values(), torch.zeros((), device=device))
                 if out.pair is not None:
                     a, b = out.pair
-                    align = comp.alignment(a, b)
+                    align = (comp.alignment(a, b, group_ids=batch.groups) if align_groups
+                             else comp.alignment(a, b))
                     reg = (comp.regularizer(a) + comp.regularizer(b)) / 2
                     terms["alignment"], terms["regularizer"] = align, reg
                     loss = loss + comp.alignment.weight * align + comp.regularizer.weight * reg

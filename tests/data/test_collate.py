@@ -29,3 +29,17 @@ def test_truncation_keeps_eos(tokenizer):
     assert batch.a_ids.shape == (1, 16)
     assert batch.a_ids[0, -1].item() == tokenizer.eos_token_id
     assert batch.b_ids.shape[1] < 16
+
+
+def test_duplicate_groups_join_rows_sharing_a_sentence():
+    from clse.data.collate import duplicate_groups
+    from clse.data.readers import Pair
+
+    pairs = [Pair("eng_Latn", "deu_Latn", "Hello.", "Hallo."),
+             Pair("eng_Latn", "fra_Latn", "Hello.", "Bonjour."),  # same English as row 0
+             Pair("eng_Latn", "deu_Latn", "Thanks.", "Danke."),
+             Pair("eng_Latn", "deu_Latn", "Thank you.", "Danke."),  # same German as row 2
+             Pair("eng_Latn", "deu_Latn", "Bye.", "Tschüss.")]
+    g = duplicate_groups(pairs).tolist()
+    assert g[0] == g[1] and g[2] == g[3]
+    assert len({g[0], g[2], g[4]}) == 3
