@@ -27,6 +27,7 @@ class XlmrConfig:
     name: str = "xlmr"
     preset: str = "tiny"
     pretrained: str | None = None  # local folder or hub id; overrides preset
+    init_from: str | None = None  # a clse run folder or checkpoint (e.g. MLM pre-training)
     tokenizer: str | None = None  # existing tokenizer (folder or hub id) instead of training one
     vocab_size: int = 8000  # of the tokenizer trained on the training text
     tokenizer_sample: int = 200_000  # training sentences the tokenizer is trained on, at most
@@ -88,11 +89,26 @@ def load_pretrained(path_or_name: str, *, attn_implementation: str = "sdpa",
     return EncoderBundle(model=model, tokenizer=tok, source=ref)
 
 
+def _checkpoint_encoder(path: str) -> Path:
+    """The encoder folder of a clse run / checkpoint, or ``path`` itself if it is an HF folder."""
+    folder = Path(path).expanduser()
+    if (folder / "config.json").is_file():
+        return folder
+    from clse.train.checkpoint import find_resumable
+
+    return find_resumable(folder) / "encoder"
+
+
 def build_xlmr(cfg: XlmrConfig, texts: Callable[[], Iterable[str]] | None = None,
                work_dir: str | Path | None = None) -> EncoderBundle:
     """Build the encoder; ``texts()`` yields training text for a locally trained tokenizer."""
     from transformers import XLMRobertaModel
 
+    if cfg.init_from:
+        if cfg.pretrained:
+            raise ConfigError("set encoder.init_from or encoder.pretrained, not both")
+        return load_pretrained(str(_checkpoint_encoder(cfg.init_from)),
+                               attn_implementation=cfg.attn_implementation)
     if cfg.pretrained:
         return load_pretrained(cfg.pretrained, attn_implementation=cfg.attn_implementation,
                                trust_remote_code=cfg.trust_remote_code, tokenizer=cfg.tokenizer)

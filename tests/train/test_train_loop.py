@@ -23,7 +23,7 @@ def compose_cfg(overrides: list[str]):
 
     setup()
     with initialize_config_module(config_module="clse_configs", version_base="1.3"):
-        mexma = [] if any(o.startswith("objective=") for o in overrides) else ["objective.head_layers=1"]
+        mexma = [] if any(o.startswith(("objective=", "recipe=")) for o in overrides) else ["objective.head_layers=1"]
         return compose(config_name="train", overrides=FAST + mexma + overrides)
 
 
@@ -123,3 +123,22 @@ def test_nonsense_combination_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="nothing to train"):
         train(compose_cfg(["objective=none", "alignment=none"]), tmp_path / "run")
+
+
+def test_init_from_an_mlm_pretraining_run(tmp_path):
+    """objective=mlm pre-training, then any recipe starts from its encoder (encoder.init_from)."""
+    from clse.train.loop import train
+    from clse.train.checkpoint import list_checkpoints
+
+    train(compose_cfg(["objective=mlm", "alignment=none", "regularizer=none", "trainer.steps=3",
+                       "trainer.checkpoint_every=3"]), tmp_path / "mlm")
+    pre = load_file(str(list_checkpoints(tmp_path / "mlm" / "checkpoints")[-1] / "encoder" / "model.safetensors"))
+
+    from clse.train.build import build_components, load_pairs
+
+    cfg = compose_cfg([f"encoder.init_from={tmp_path / 'mlm'}", "recipe=labse"])
+    comp = build_components(cfg, load_pairs(cfg.data), tmp_path / "labse")
+    state = {k: v for k, v in comp.encoder.model.state_dict().items()}
+    for key, value in pre.items():
+        assert torch.equal(state[key], value), key
+    assert comp.encoder.tokenizer.mask_token_id is not None
