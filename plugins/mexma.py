@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clse.data.masking import mask_tokens, special_token_ids
+from clse.data.masking import Masker
 from clse.errors import ConfigError
 from clse.hookspecs import PluginSpec, hookimpl
 from clse.interfaces import EncoderBundle, ObjectiveOutput, Views
@@ -100,27 +100,16 @@ class Mexma:
             raise ConfigError("objective.symmetric=false has a single clean view: set "
                               "objective.align=clean_masked (the pair is then the masked side's "
                               "vector and the clean side's; use alignment=none for Table 11 ①)")
-        tok = encoder.tokenizer
-        if tok.mask_token_id is None:
-            raise ConfigError(f"MEXMA needs a tokenizer with a mask token ({encoder.source})")
         self.cfg = cfg
         self.weight = cfg.weight
         model_cfg = encoder.model.config
         self.head = UnmaskingHead(encoder.model, cfg.head_layers,
                                   cfg.head_heads or model_cfg.num_attention_heads,
                                   cfg.head_ffn or model_cfg.intermediate_size)
-        self.special_ids = special_token_ids(tok)
-        self.mask_id = tok.mask_token_id
-        self.vocab_size = model_cfg.vocab_size
+        self._mask = Masker(cfg, encoder)
 
     def modules(self) -> nn.Module:
         return self.head
-
-    def _mask(self, ids: Tensor, mask: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        return mask_tokens(ids, mask, special_ids=self.special_ids, mask_id=self.mask_id,
-                           vocab_size=self.vocab_size, ratio=self.cfg.mask_ratio,
-                           generator=generator, mask_prob=self.cfg.mask_token_prob,
-                           random_prob=self.cfg.random_token_prob)
 
     def _unmask(self, sentence: Tensor, masked_hidden: Tensor, mask: Tensor, labels: Tensor) -> Tensor:
         tokens = masked_hidden[:, 1:]

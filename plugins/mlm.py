@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clse.data.masking import mask_tokens, special_token_ids
-from clse.errors import ConfigError
+from clse.data.masking import Masker
 from clse.hookspecs import PluginSpec, hookimpl
 from clse.interfaces import EncoderBundle, ObjectiveOutput, Views
 
@@ -66,26 +65,6 @@ class MlmHead(nn.Module):
         """Cross-entropy (mean over tokens whose label is not -100) of predicting ``labels``."""
         picked = labels != -100
         return F.cross_entropy(self.logits(hidden[picked]).float(), labels[picked])
-
-
-class Masker:
-    """BERT masking bound to a tokenizer and an objective config (shared by ``mlm`` and ``tlm``)."""
-
-    def __init__(self, cfg, encoder: EncoderBundle):
-        tok = encoder.tokenizer
-        if tok.mask_token_id is None:
-            raise ConfigError(f"objective {cfg.name} needs a tokenizer with a mask token "
-                              f"({encoder.source})")
-        self.cfg = cfg
-        self.special_ids = special_token_ids(tok)
-        self.mask_id = tok.mask_token_id
-        self.vocab_size = encoder.model.config.vocab_size
-
-    def __call__(self, ids: Tensor, mask: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        return mask_tokens(ids, mask, special_ids=self.special_ids, mask_id=self.mask_id,
-                           vocab_size=self.vocab_size, ratio=self.cfg.mask_ratio,
-                           generator=generator, mask_prob=self.cfg.mask_token_prob,
-                           random_prob=self.cfg.random_token_prob)
 
 
 class Mlm:

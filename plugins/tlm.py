@@ -34,7 +34,8 @@ from torch import Tensor, nn
 
 from clse.hookspecs import PluginSpec, hookimpl
 from clse.interfaces import EncoderBundle, ObjectiveOutput, Views
-from clse_plugins.mlm import Masker, MlmHead
+from clse.data.masking import Masker
+from clse_plugins.mlm import MlmHead
 
 
 @dataclass

@@ -43,3 +43,26 @@ def mask_tokens(input_ids: Tensor, attention_mask: Tensor, *, special_ids: Tenso
 
 def special_token_ids(tokenizer) -> Tensor:
     return torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+
+
+class Masker:
+    """BERT masking bound to a tokenizer and an objective config (``mask_ratio``,
+    ``mask_token_prob``, ``random_token_prob``); shared by the mexma, mlm and tlm objectives."""
+
+    def __init__(self, cfg, encoder) -> None:
+        tok = encoder.tokenizer
+        if tok.mask_token_id is None:
+            from clse.errors import ConfigError
+
+            raise ConfigError(f"objective {cfg.name} needs a tokenizer with a mask token "
+                              f"({encoder.source})")
+        self.cfg = cfg
+        self.special_ids = special_token_ids(tok)
+        self.mask_id = tok.mask_token_id
+        self.vocab_size = encoder.model.config.vocab_size
+
+    def __call__(self, ids: Tensor, mask: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        return mask_tokens(ids, mask, special_ids=self.special_ids, mask_id=self.mask_id,
+                           vocab_size=self.vocab_size, ratio=self.cfg.mask_ratio,
+                           generator=generator, mask_prob=self.cfg.mask_token_prob,
+                           random_prob=self.cfg.random_token_prob)

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from clse.data.masking import mask_tokens
 from clse.interfaces import Views
