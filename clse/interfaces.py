@@ -61,7 +61,7 @@ class Batch:
     b_mask: Tensor  # (B, Tb)
     a_lang: list[str]
     b_lang: list[str]
-    groups: Tensor | None = None  # (B,) equal ids: rows sharing a sentence (not negatives)
+    groups: Tensor | None = None  # (B,) ids or (B, K) keys; rows sharing one are no negatives
 
     def __len__(self) -> int:
         return int(self.a_ids.shape[0])

@@ -13,7 +13,8 @@ False negatives: exact-duplicate rows of ``a`` or ``b`` (or equal ``group_ids``)
 −inf with :func:`clse_plugins.contrastive.duplicate_mask`, as in the contrastive loss.
 
 Shapes: ``a``, ``b``: (B, D) sentence vectors of translation pairs -> scalar. LaBSE uses
-cross-accelerator negatives: under DDP the caller passes the gathered global batch.
+cross-accelerator negatives: under DDP (``gather: true``) every rank's sentences are negatives,
+as in :mod:`clse.distributed`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clse.hookspecs import PluginSpec, hookimpl
-from clse_plugins.contrastive import duplicate_mask
+from clse_plugins.contrastive import duplicate_mask, gathered
 
 
 @dataclass
@@ -34,35 +35,41 @@ class AdditiveMarginConfig:
     weight: float = 1.0
     scale: float = 100.0
     margin: float = 0.3
+    gather: bool = True  # under DDP: negatives from every rank (LaBSE's cross-accelerator negatives)
 
 
 def additive_margin(a: Tensor, b: Tensor, *, scale: float = 100.0, margin: float = 0.3,
-                    group_ids: Tensor | None = None) -> Tensor:
+                    group_ids: Tensor | None = None, query_rows: slice | None = None) -> Tensor:
     """Bidirectional additive margin softmax (LaBSE) with duplicates masked.
 
     Args:
         a, b: (B, D) sentence vectors; row i of ``a`` and row i of ``b`` are a positive pair.
         scale: s; logits are s · (cos − m on the diagonal).
         margin: m, subtracted from the positives' cosine.
-        group_ids: optional (B,) ids; pairs with equal ids are not negatives of each other
-            (in addition to exact-duplicate rows, which are always detected).
+        group_ids: optional (B,) ids or (B, K) keys; rows sharing one are not negatives of each
+            other (in addition to exact-duplicate rows, which are always detected).
+        query_rows: compute the loss of these rows only, as queries against all rows (the
+            distributed form, see :func:`clse_plugins.contrastive.info_nce`). ``None``: every row.
 
     Returns:
-        The scalar loss, CE(A->B) + CE(B->A).
+        The scalar loss, CE(A->B) + CE(B->A), each a mean over the query rows.
     """
     if a.shape != b.shape or a.dim() != 2:
         raise ValueError(f"additive_margin: expected two (B, D) tensors, got {tuple(a.shape)}, "
                          f"{tuple(b.shape)}")
     if scale <= 0:
         raise ValueError(f"additive_margin: scale must be > 0, got {scale}")
-    za = F.normalize(a, dim=-1)  # (B, D)
-    zb = F.normalize(b, dim=-1)  # (B, D)
-    sim = za @ zb.T  # (B, B)
-    eye = torch.eye(a.shape[0], dtype=sim.dtype, device=sim.device)  # (B, B)
-    logits = scale * (sim - margin * eye)  # (B, B)
-    logits = logits.masked_fill(duplicate_mask(a, b, group_ids), float("-inf"))  # (B, B)
-    target = torch.arange(a.shape[0], device=a.device)  # (B,)
-    return F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)
+    rows = slice(None) if query_rows is None else query_rows
+    za = F.normalize(a, dim=-1)  # (N, D)
+    zb = F.normalize(b, dim=-1)  # (N, D)
+    target = torch.arange(a.shape[0], device=a.device)[rows]  # (n,) labels offset by the rows
+    positive = F.one_hot(target, a.shape[0]).to(za.dtype)  # (n, N): the margin goes there
+    masked = duplicate_mask(a, b, group_ids)[rows]  # (n, N), symmetric: serves both directions
+    loss = a.new_zeros(())
+    for queries, keys in ((za, zb), (zb, za)):
+        logits = scale * (queries[rows] @ keys.T - margin * positive)  # (n, N)
+        loss = loss + F.cross_entropy(logits.masked_fill(masked, float("-inf")), target)
+    return loss
 
 
 @dataclass(frozen=True)
@@ -72,14 +79,18 @@ class AdditiveMarginAlignment:
     weight: float = 1.0
     scale: float = 100.0
     margin: float = 0.3
+    gather: bool = True
 
     def __call__(self, a: Tensor, b: Tensor, *, group_ids: Tensor | None = None) -> Tensor:
-        return additive_margin(a, b, scale=self.scale, margin=self.margin, group_ids=group_ids)
+        options = {"scale": self.scale, "margin": self.margin}
+        if self.gather:
+            return gathered(additive_margin, a, b, group_ids, **options)
+        return additive_margin(a, b, group_ids=group_ids, **options)
 
 
 def build(cfg: AdditiveMarginConfig) -> AdditiveMarginAlignment:
     return AdditiveMarginAlignment(weight=float(cfg.weight), scale=float(cfg.scale),
-                                   margin=float(cfg.margin))
+                                   margin=float(cfg.margin), gather=bool(cfg.gather))
 
 
 @hookimpl

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Sequence
 
 import torch
@@ -43,27 +44,20 @@ class Collator:
         b_ids, b_mask = self._encode([p.tgt for p in pairs])
         return Batch(a_ids, a_mask, b_ids, b_mask,
                      [p.src_lang for p in pairs], [p.tgt_lang for p in pairs],
-                     duplicate_groups(pairs))
+                     text_keys(pairs))
 
 
-def duplicate_groups(pairs: Sequence[Pair]) -> torch.Tensor:
-    """(B,) group ids: rows that share their A or their B sentence (transitively) get one id.
+def text_keys(pairs: Sequence[Pair]) -> torch.Tensor:
+    """(B, 2) int64 keys: a stable 64-bit hash of each row's A and B sentence.
 
     Sampling with replacement puts the same sentence twice in a batch; contrastive losses must
     not treat its other copy as a negative, and with dropout the two copies' vectors differ,
-    so duplicates are found from the text.
+    so duplicates are found from the text: rows sharing a key (transitively) are one group
+    (:func:`clse_plugins.contrastive.duplicate_mask`). The hash is the same in every process,
+    so ranks can gather keys and find duplicates across the global batch.
     """
-    parent = list(range(len(pairs)))
+    def key(text: str) -> int:
+        return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(),
+                              "little", signed=True)
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for side in ("src", "tgt"):
-        first: dict[str, int] = {}
-        for i, p in enumerate(pairs):
-            j = first.setdefault(getattr(p, side), i)
-            parent[find(i)] = find(j)
-    return torch.tensor([find(i) for i in range(len(pairs))], dtype=torch.long)
+    return torch.tensor([[key(p.src), key(p.tgt)] for p in pairs], dtype=torch.long)

@@ -31,15 +31,25 @@ def test_truncation_keeps_eos(tokenizer):
     assert batch.b_ids.shape[1] < 16
 
 
-def test_duplicate_groups_join_rows_sharing_a_sentence():
-    from clse.data.collate import duplicate_groups
+def test_text_keys_mask_rows_sharing_a_sentence_transitively():
+    from clse.data.collate import text_keys
     from clse.data.readers import Pair
+    from clse_plugins.contrastive import duplicate_mask
 
     pairs = [Pair("eng_Latn", "deu_Latn", "Hello.", "Hallo."),
              Pair("eng_Latn", "fra_Latn", "Hello.", "Bonjour."),  # same English as row 0
              Pair("eng_Latn", "deu_Latn", "Thanks.", "Danke."),
              Pair("eng_Latn", "deu_Latn", "Thank you.", "Danke."),  # same German as row 2
+             Pair("eng_Latn", "fra_Latn", "Thank you.", "Merci."),  # same English as row 3
              Pair("eng_Latn", "deu_Latn", "Bye.", "Tschüss.")]
-    g = duplicate_groups(pairs).tolist()
-    assert g[0] == g[1] and g[2] == g[3]
-    assert len({g[0], g[2], g[4]}) == 3
+    keys = text_keys(pairs)
+    assert keys.shape == (6, 2) and keys.dtype == torch.long
+    assert torch.equal(keys, text_keys(pairs))  # stable (not Python's salted hash)
+    vectors = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    got = duplicate_mask(vectors, vectors + 1, keys)
+    want = torch.zeros(6, 6, dtype=torch.bool)
+    for group in ([0, 1], [2, 3, 4]):  # 2~3 by German, 3~4 by English: 2~4 transitively
+        for i in group:
+            for j in group:
+                want[i, j] = i != j
+    assert torch.equal(got, want)
