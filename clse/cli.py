@@ -73,6 +73,21 @@ def _train_task(cfg) -> float | None:
     return summary.get(f"{cfg.eval.final_split}/xsim/avg")
 
 
+def _check_disabled(argv: list[str]) -> None:
+    """``alignment=NAME`` for a plugin disabled by CLSE_DISABLE_PLUGINS: clse's one-line error
+    (hydra's own would only say the option is missing from the config group)."""
+    from clse.hookspecs import KINDS
+    from clse.plugins import registry
+
+    reg = registry()
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if sep and key in KINDS:
+            for name in value.split(","):  # multirun sweeps list options
+                if name in reg.disabled:
+                    reg.get(key, name)  # raises: "... is disabled by CLSE_DISABLE_PLUGINS"
+
+
 def run_train(argv: list[str]) -> int:
     import hydra
 
@@ -80,6 +95,7 @@ def run_train(argv: list[str]) -> int:
 
     try:
         setup()
+        _check_disabled(argv)
     except ClseError as exc:
         return _fail(exc)
     task = hydra.main(config_path="pkg://clse_configs", config_name="train",
@@ -121,13 +137,15 @@ def run_plugins(argv: list[str]) -> int:
 
 # ----------------------------------------------------------------------------- export
 def run_export(argv: list[str]) -> int:
+    from clse.export import ST_POOLING
+
     parser = argparse.ArgumentParser(prog="clse export",
                                      description="export a checkpoint (or run folder) as HF + "
                                                  "SentenceTransformers folders")
     parser.add_argument("checkpoint", help="a step_XXXXXXXX/ checkpoint, a run folder or its "
                                            "checkpoints/ folder (the newest intact one is used)")
     parser.add_argument("out", help="output folder (gets hf/ and sentence_transformers/)")
-    parser.add_argument("--pooling", default="cls", choices=["cls", "mean"])
+    parser.add_argument("--pooling", default="cls", choices=sorted(ST_POOLING))
     parser.add_argument("--max-seq-length", type=int, default=200)
     args = parser.parse_args(argv)
     from clse.export import export_all

@@ -18,6 +18,7 @@ place at the end, so an interrupted export never leaves a half-written model whe
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -26,12 +27,19 @@ from typing import Any, Iterator
 
 from clse.errors import ConfigError
 
-ST_POOLING = {"cls": "cls", "mean": "mean"}
-"""clse pooling name -> SentenceTransformers ``Pooling`` mode with the same definition."""
+log = logging.getLogger("clse.export")
+
+ST_POOLING = {"cls": "cls", "mean": "mean", "weighted_mean": "weightedmean",
+              "last_token": "lasttoken"}
+"""clse pooling name -> SentenceTransformers ``Pooling`` mode with the same definition (tested)."""
+_CLSE_NAME = {mode: name for name, mode in ST_POOLING.items()}
 
 _POOLING_TEXT = {
     "cls": "the last-layer hidden state of the first token (`<s>`, CLS)",
     "mean": "the mean of the last-layer hidden states over non-padding tokens",
+    "weighted_mean": "the position-weighted mean of the last-layer hidden states (weights 1..T "
+                     "over the non-padding tokens, MEXA)",
+    "last_token": "the last-layer hidden state of the last non-padding token",
 }
 
 
@@ -85,17 +93,29 @@ def export_all(model: Any, tokenizer: Any, out_dir: str | Path, pooling: str = "
                max_seq_length: int = 200, normalize: bool = False) -> dict[str, Path]:
     """Write ``out_dir/hf`` and ``out_dir/sentence_transformers``, each with a ``README.md``.
 
+    A pooling that stock SentenceTransformers modules cannot express (a third-party plugin's)
+    gets the Hugging Face folder only, with a warning: the end of a training run must not fail
+    on it.
+
     Returns:
-        ``{"hf": path, "sentence_transformers": path}``.
+        ``{"hf": path, "sentence_transformers": path}`` (without the second when skipped).
     """
-    mode, model = _st_pooling_mode(pooling), _unwrap(model)
+    model = _unwrap(model)
+    mode = ST_POOLING.get(pooling)
+    if mode is None:
+        log.warning("pooling %r has no SentenceTransformers equivalent: exporting the Hugging "
+                    "Face folder only (exportable poolings: %s)", pooling, sorted(ST_POOLING))
     with _atomic_dir(out_dir) as tmp:
         _write_hf(model, tokenizer, tmp / "hf")
         _write_card(tmp / "hf", _hf_card(model, tokenizer, pooling=pooling))
-        _write_st(tmp / "hf", tokenizer, tmp / "sentence_transformers", mode, max_seq_length,
-                  normalize, model)
+        if mode is not None:
+            _write_st(tmp / "hf", tokenizer, tmp / "sentence_transformers", mode, max_seq_length,
+                      normalize, model)
     out = Path(out_dir).resolve()
-    return {"hf": out / "hf", "sentence_transformers": out / "sentence_transformers"}
+    paths = {"hf": out / "hf"}
+    if mode is not None:
+        paths["sentence_transformers"] = out / "sentence_transformers"
+    return paths
 
 
 # --------------------------------------------------------------------------- writers
@@ -225,7 +245,12 @@ def _hf_card(model: Any, tokenizer: Any, pooling: str = "cls") -> str:
         "cls": "emb = out.last_hidden_state[:, 0]",
         "mean": ("m = batch[\"attention_mask\"].unsqueeze(-1).to(out.last_hidden_state.dtype)\n"
                  "emb = (out.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1e-9)"),
-    }[pooling]
+        "weighted_mean": ("m = batch[\"attention_mask\"]\n"
+                          "w = (m.cumsum(1) * m).unsqueeze(-1).to(out.last_hidden_state.dtype)\n"
+                          "emb = (out.last_hidden_state * w).sum(1) / w.sum(1)"),
+        "last_token": ("last = batch[\"attention_mask\"].sum(1) - 1  # right padding\n"
+                       "emb = out.last_hidden_state[torch.arange(len(last)), last]"),
+    }.get(pooling, f"# pool out.last_hidden_state with the clse pooling plugin {pooling!r}")
     return f"""---
 library_name: transformers
 tags: [clse, sentence-embeddings, cross-lingual]
@@ -234,7 +259,7 @@ tags: [clse, sentence-embeddings, cross-lingual]
 
 Exported by clse {_clse_version()}. Architecture: `{cls_name}`, hidden size
 {model.config.hidden_size}, {model.config.num_hidden_layers} layers, vocabulary
-{model.config.vocab_size}. Sentence vectors are {_POOLING_TEXT[pooling]} (not normalised).
+{model.config.vocab_size}. Sentence vectors are {_POOLING_TEXT.get(pooling, f"pooled by the clse plugin `{pooling}`")} (not normalised).
 
 ```python
 import torch
@@ -264,7 +289,7 @@ tags: [clse, sentence-transformers, sentence-embeddings, cross-lingual]
 
 Exported by clse {_clse_version()}; loads with stock sentence-transformers modules only
 (`Transformer` -> `Pooling(pooling_mode="{mode}")`{" -> `Normalize`" if normalize else ""}), no clse
-needed. Sentence vectors are {_POOLING_TEXT[mode]}{norm}; inputs are truncated to {max_len} tokens.
+needed. Sentence vectors are {_POOLING_TEXT[_CLSE_NAME[mode]]}{norm}; inputs are truncated to {max_len} tokens.
 Architecture: `{type(model).__name__}`, hidden size {model.config.hidden_size},
 {model.config.num_hidden_layers} layers.
 

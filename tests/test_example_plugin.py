@@ -346,9 +346,6 @@ def test_disabled_plugin_cannot_be_selected(disabled_run):
         assert other in res.stderr
 
 
-@pytest.mark.xfail(strict=False, reason="clse passes `alignment=<disabled name>` on to Hydra, "
-                                        "which exits 1 with a multi-line 'Could not find' message "
-                                        "that does not mention CLSE_DISABLE_PLUGINS")
 def test_disabled_plugin_error_is_one_clse_line(disabled_run):
     res = disabled_run
     assert res.returncode == 2

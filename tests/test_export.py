@@ -154,8 +154,12 @@ def test_sentence_transformers_cls_matches_clse(exported, model, tokenizer):
     np.testing.assert_allclose(emb, _reference(model, tokenizer, "cls"), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("pooling,normalize", [("mean", False), ("cls", True)])
+@pytest.mark.parametrize("pooling,normalize", [("mean", False), ("cls", True),
+                                               ("weighted_mean", False), ("last_token", False)])
 def test_sentence_transformers_variants(model, tokenizer, tmp_path, pooling, normalize):
+    """Every built-in pooling exports to stock modules that give clse's own pooled vectors."""
+    from clse.plugins import registry
+
     from sentence_transformers import SentenceTransformer
 
     out = export_sentence_transformers(model, tokenizer, tmp_path / "st", pooling=pooling,
@@ -167,11 +171,8 @@ def test_sentence_transformers_variants(model, tokenizer, tmp_path, pooling, nor
     batch = tokenizer(short, padding=True, return_tensors="pt")
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state
-    if pooling == "mean":
-        m = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        ref = (hidden * m).sum(1) / m.sum(1)
-    else:
-        ref = hidden[:, 0]
+    ref = registry().build("pooling", {"name": pooling})(hidden, batch["attention_mask"])
+    assert len(set(batch["attention_mask"].sum(1).tolist())) > 1  # padding is exercised
     if normalize:
         ref = torch.nn.functional.normalize(ref, dim=-1)
     np.testing.assert_allclose(st.encode(short), ref.numpy(), atol=1e-5, rtol=0)
@@ -196,8 +197,19 @@ def test_sentence_transformers_loads_without_clse(exported, model, tokenizer, tm
 
 def test_unknown_pooling_is_a_config_error(model, tokenizer, tmp_path):
     with pytest.raises(ConfigError, match="attention"):
-        export_all(model, tokenizer, tmp_path / "out", pooling="attention")
+        export_sentence_transformers(model, tokenizer, tmp_path / "out", pooling="attention")
     assert not (tmp_path / "out").exists()
+
+
+def test_plugin_pooling_exports_the_hf_folder_only(model, tokenizer, tmp_path, caplog):
+    """A third-party pooling has no stock SentenceTransformers module: the end of a training
+    run still exports the encoder, says so, and writes no misleading ST folder."""
+    with caplog.at_level("WARNING", logger="clse.export"):
+        paths = export_all(model, tokenizer, tmp_path / "out", pooling="attention")
+    assert set(paths) == {"hf"} and (paths["hf"] / "model.safetensors").exists()
+    assert not (tmp_path / "out" / "sentence_transformers").exists()
+    assert "attention" in (paths["hf"] / "README.md").read_text()
+    assert "no SentenceTransformers equivalent" in caplog.text
 
 
 def test_failed_export_leaves_nothing_and_replace_is_atomic(model, tokenizer, tmp_path,
