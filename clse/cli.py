@@ -1,6 +1,7 @@
 """``clse``: the command line.
 
 * ``clse train [key=value ...]`` and ``clse train -m ...`` (hydra: overrides, multirun sweeps)
+* ``clse eval model=<run | folder | hub name> [eval=[xsim,tatoeba,mexa]] [key=value ...]``
 * ``clse plugins [--json]``: every plugin with its kind, name and providing package
 * ``clse export CHECKPOINT OUT``: Hugging Face + SentenceTransformers folders from a checkpoint
 """
@@ -23,6 +24,9 @@ USAGE = """usage: clse <command> [args]
 commands:
   train [key=value ...]   train an encoder (hydra overrides; -m for a multirun sweep;
                           --cfg job to print the composed config; --help for the config groups)
+  eval model=M [...]      evaluate any encoder (a clse run folder or MLflow run id, a
+                          SentenceTransformers or Hugging Face folder, a hub name);
+                          eval=[xsim,tatoeba,mexa,...] picks the suites
   plugins [--json]        list the plugins (kind, name, providing package)
   export CKPT OUT         export a checkpoint as Hugging Face + SentenceTransformers folders
 """
@@ -89,6 +93,10 @@ def _check_disabled(argv: list[str]) -> None:
 
 
 def run_train(argv: list[str]) -> int:
+    return _hydra_command("train", _train_task, "clse train", argv)
+
+
+def _hydra_command(config_name: str, task_fn, prog: str, argv: list[str]) -> int:
     import hydra
 
     from clse.config import setup
@@ -98,15 +106,39 @@ def run_train(argv: list[str]) -> int:
         _check_disabled(argv)
     except ClseError as exc:
         return _fail(exc)
-    task = hydra.main(config_path="pkg://clse_configs", config_name="train",
-                      version_base="1.3")(_train_task)
+    task = hydra.main(config_path="pkg://clse_configs", config_name=config_name,
+                      version_base="1.3")(task_fn)
     saved = sys.argv
-    sys.argv = ["clse train", *argv]
+    sys.argv = [prog, *argv]
     try:
         task()
     finally:
         sys.argv = saved
     return 0
+
+
+# ----------------------------------------------------------------------------- eval
+def _eval_task(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from clse.eval.job import evaluate_job, summary
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        results = evaluate_job(cfg, run_dir)
+    except Exception as exc:
+        user_error = _user_error(exc)
+        if user_error is None:
+            raise
+        print(f"clse: error: {user_error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"clse: evaluation written to {run_dir} (MLflow run {results['mlflow_run']}): "
+          f"{summary(results)}")
+
+
+def run_eval(argv: list[str]) -> int:
+    return _hydra_command("evaluate", _eval_task, "clse eval", argv)
 
 
 # ----------------------------------------------------------------------------- plugins
@@ -161,7 +193,7 @@ def run_export(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "plugins": run_plugins, "export": run_export}
+COMMANDS = {"train": run_train, "eval": run_eval, "plugins": run_plugins, "export": run_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,6 +106,7 @@ class Tracker:
         self._run_id: str | None = None
         self._ended = False
         self._warned = False
+        self._attached = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -153,6 +154,22 @@ class Tracker:
                 raise
         return self
 
+    def attach(self, run_id: str) -> "Tracker":
+        """Log into an existing run (e.g. evaluation results into their training run).
+
+        The run keeps its status: leaving the ``with`` block does not end it.
+        """
+        if not self.enabled:
+            return self
+        self.uri = self.uri or default_tracking_uri()
+        client = self._connect(self.uri)
+        try:
+            client.get_run(run_id)
+        except Exception as e:
+            raise ClseError(f"MLflow run {run_id!r} not found in {self.uri}: {_short(e)}") from None
+        self._client, self._run_id, self._ended, self._attached = client, run_id, False, True
+        return self
+
     def end(self, status: str = "FINISHED") -> None:
         """Mark the run ``FINISHED``, ``FAILED`` or ``KILLED`` (idempotent)."""
         if status not in STATUSES:
@@ -160,7 +177,8 @@ class Tracker:
         if not self.active:
             return
         self._ended = True
-        self._safe(self._client.set_terminated, self._run_id, status)
+        if not self._attached:  # an attached run belongs to its own job
+            self._safe(self._client.set_terminated, self._run_id, status)
 
     def __enter__(self) -> "Tracker":
         return self

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from clse.errors import ClseError
 from clse.interfaces import Views
-from clse.model.sentence_encoder import ClseSentenceEncoder
+from clse.eval.model import EvalModel
+from clse.eval.runner import run_evaluators
 from clse.train import checkpoint as ckpt
 from clse.train.build import (autocast_dtype, build_components, load_pairs, resolve_device,
                               seed_everything)
@@ -38,15 +39,12 @@ class TrainResult:
     run_id: str | None = None
 
 
-def evaluate(components, model, cfg: DictConfig, split: str, device, dtype) -> dict[str, float]:
-    encoder = ClseSentenceEncoder(model, components.encoder.tokenizer, components.pooling,
-                                  max_length=cfg.eval.max_length, device=device,
-                                  autocast_dtype=dtype)
-    metrics: dict[str, float] = {}
-    for key, evaluator in components.evaluators.items():
-        for name, value in evaluator(encoder, split).items():
-            metrics[f"{split}/{name}"] = float(value)
-    return metrics
+def evaluate(components, model, cfg: DictConfig, split: str, device, dtype,
+             out_dir: Path | None = None) -> dict[str, float]:
+    """The run's evaluators on ``split`` (the same runner as ``clse eval``)."""
+    encoder = EvalModel(model, components.encoder.tokenizer, components.pooling,
+                        max_length=cfg.eval.max_length, device=device, autocast_dtype=dtype)
+    return run_evaluators(encoder, components.evaluators, split, out_dir=out_dir)[0]
 
 
 def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
@@ -183,11 +181,14 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
     # --- final evaluation and export
     final_split = cfg.eval.final_split
     if comp.evaluators:
-        for split in dict.fromkeys([cfg.eval.split, final_split]):
-            metrics.update(evaluate(comp, model, cfg, split, device, dtype))
+        for split in dict.fromkeys([cfg.eval.split, final_split]):  # tables/plots: <run>/eval/
+            metrics.update(evaluate(comp, model, cfg, split, device, dtype,
+                                    out_dir=run_dir / "eval" / split))
         if tracker is not None:
             tracker.log_metrics({k: v for k, v in metrics.items() if not k.startswith("untrained/")},
                                 step=total_steps)
+            if (run_dir / "eval").is_dir():  # evaluators' tables and plots
+                tracker.log_artifacts(run_dir / "eval", "eval")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     export_dir = None
     if tcfg.export:
