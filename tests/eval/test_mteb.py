@@ -173,7 +173,7 @@ def test_plugin_on_an_eval_model_matches_clse_nearest_neighbour(tiny_model, mult
 
 @needs_mteb
 @pytest.mark.shared_data
-def test_shared_flores_two_languages_agree_with_xsim_absolute():
+def test_shared_flores_two_languages_agree_with_xsim_absolute(tmp_path):
     from clse.eval.xsim import xsim_error_rate
 
     class Ngrams:
@@ -193,19 +193,13 @@ def test_shared_flores_two_languages_agree_with_xsim_absolute():
     data = task.dataset["devtest"]
     assert data.num_rows == 50 and set(data.column_names) == {"deu_Latn", "fra_Latn", "eng_Latn"}
     enc = Ngrams()
-    result = bridge.evaluate(enc, [task], _tmp_folder(), batch_size=64)
+    result = bridge.evaluate(enc, [task], tmp_path, batch_size=64)
     metrics = bridge.flatten([task], result, scores=["accuracy"])
     eng = enc.encode(data["eng_Latn"])
     for lang in ("deu_Latn", "fra_Latn"):
         err = xsim_error_rate(enc.encode(data[lang]), eng, margin="absolute")
         assert metrics[f"mteb/{FLORES}/{lang}-eng_Latn/accuracy"] == pytest.approx(1 - err / 100)
     assert metrics[f"mteb/{FLORES}/deu_Latn-eng_Latn/accuracy"] > 0.5  # n-grams carry far
-
-
-def _tmp_folder():
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="clse-mteb-test-")
 
 
 # --------------------------------------------------------------------------- errors
