@@ -81,6 +81,7 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
     if extra is not None:
         seen = {id(p) for p in params}
         params += [p for p in extra.parameters() if id(p) not in seen]
+    params = [p for p in params if p.requires_grad]  # e.g. a momentum encoder is not trained
     optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay,
                                   betas=tuple(tcfg.betas), eps=tcfg.eps)
     mask_gen = torch.Generator().manual_seed(cfg.seed + 1)
