@@ -21,8 +21,7 @@ exponential moving average), negatives from a queue of past keys (He et al. 2020
   with K much smaller than the corpus; InfoXLM does not mask them either.
 * The momentum encoder, the queue, its pointer and fill count are buffers/frozen parameters of
   :meth:`Xlco.modules`, so checkpoints save and resume them. Its parameters have
-  ``requires_grad=False``: the optimizer receives them but never updates them (no gradient), only
-  the EMA does. With ``trainer.grad_accum=k`` the EMA runs once per micro-batch (m^k per step).
+  ``requires_grad=False``: the trainer leaves them out of the optimizer, only the EMA moves them. With ``trainer.grad_accum=k`` the EMA runs once per micro-batch (m^k per step).
 * Under DDP each rank would keep a queue of its own keys (MoCo all-gathers keys first; not done).
 
 Shapes: sentence vectors and keys (B, D), queue (K, D), logits (B, 1 + K').

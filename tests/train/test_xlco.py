@@ -120,7 +120,7 @@ def test_gradients_and_the_optimizer_leave_the_key_encoder_to_the_ema(tiny_bundl
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     obj(views_for(tiny_bundle, random_batch(seed=3)))  # fill the queue: a non-zero loss next
-    # the loop's optimizer: encoder parameters + every parameter of the objective's module
+    # even an optimizer handed every parameter (the loop leaves frozen ones out) cannot move them
     params = list(model.parameters()) + list(extra.parameters())
     opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
     before_q = [p.detach().clone() for p in model.parameters()]
