@@ -49,12 +49,26 @@ def _user_error(exc: BaseException) -> BaseException | None:
     return None
 
 
+def _quiet_bars(cfg) -> None:
+    """``progress=false`` silences every progress bar, evaluators' and libraries' included."""
+    if not cfg.get("progress", True):
+        os.environ["TQDM_DISABLE"] = "1"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # transformers' loading/saving bars
+        try:
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()  # already imported: the variable alone is read too late
+        except ImportError:
+            pass
+
+
 def _train_task(cfg) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     from clse.tracking import Tracker
     from clse.train.loop import train
 
+    _quiet_bars(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(enabled=bool(cfg.tracking.enabled), uri=cfg.tracking.uri)
@@ -123,6 +137,7 @@ def _eval_task(cfg) -> None:
 
     from clse.eval.job import evaluate_job, summary
 
+    _quiet_bars(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -39,6 +39,7 @@ import numpy as np
 
 from clse.errors import ConfigError
 from clse.hookspecs import PluginSpec, hookimpl
+from clse.progress import bars_off
 
 
 @dataclass
@@ -88,7 +89,7 @@ class ClsAttentionEvaluator:
         plot_langs = self._plot_languages(langs)
         table: dict[str, dict[str, float]] = {}
         examples: list[dict] = []
-        for lang in tqdm(langs, desc="cls attention", unit="lang", disable=not cfg.progress,
+        for lang in tqdm(langs, desc="cls attention", unit="lang", disable=bars_off(cfg.progress),
                          leave=False):
             wanted = set(plot_idx) if lang in plot_langs else set()
             stats, found = cls_attention_stats(model, sentences[lang], cfg.batch_size, wanted)

@@ -42,6 +42,7 @@ import numpy as np
 
 from clse.errors import ClseError, ConfigError
 from clse.hookspecs import PluginSpec, hookimpl
+from clse.progress import bars_off
 
 
 @dataclass
@@ -100,7 +101,7 @@ class MexaEvaluator:
         n_layers = pivot_emb.shape[0]
         table = np.zeros((len(langs), n_layers))
         for li, lang in enumerate(tqdm(langs, desc=f"mexa {cfg.pivot}", unit="lang",
-                                       disable=not cfg.progress, leave=False)):
+                                       disable=bars_off(cfg.progress), leave=False)):
             emb = embed(sentences[lang])
             table[li] = [mexa_score(pivot_emb[layer], emb[layer]) for layer in range(n_layers)]
 

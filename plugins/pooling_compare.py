@@ -30,6 +30,7 @@ import numpy as np
 from clse.errors import ConfigError
 from clse.eval.xsim import MARGINS
 from clse.hookspecs import PluginSpec, hookimpl
+from clse.progress import bars_off
 
 
 @dataclass
@@ -95,7 +96,7 @@ class PoolingCompareEvaluator:
         tgt_texts = sentences[cfg.target]
         target = embed(tgt_texts)
         rates: dict[str, dict[str, float]] = {name: {} for name in self.poolings}
-        for lang in tqdm(langs, desc="pooling compare", unit="lang", disable=not cfg.progress,
+        for lang in tqdm(langs, desc="pooling compare", unit="lang", disable=bars_off(cfg.progress),
                          leave=False):
             source = embed(sentences[lang])
             for name in self.poolings:

@@ -13,6 +13,7 @@ from tests_cli_helpers import SMALL_EVAL, TINY, clse  # noqa: F401
 def test_train_end_to_end_tracks_everything(tmp_path):
     res = clse("train", *TINY, *SMALL_EVAL, "hydra.run.dir=run", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "it/s" not in res.stderr and "xsim ->" not in res.stderr  # progress=false: no bars
     run_dir = tmp_path / "run"
     assert (run_dir / "export" / "hf" / "model.safetensors").is_file()
     assert (run_dir / "export" / "sentence_transformers" / "modules.json").is_file()

@@ -28,6 +28,7 @@ import numpy as np
 
 from clse.errors import ClseError
 from clse.paths import ENV_VAR, data_root
+from clse.progress import bars_off
 
 if TYPE_CHECKING:
     import torch
@@ -298,7 +299,7 @@ def token_matching(model: Any, sentences: Mapping[str, Sequence[str]], *, pivot:
 
     merge(0, p_sent, p_pos, p_ids, p_vec)
     for li, lang in enumerate(tqdm(langs[1:], desc="token matching", unit="lang",
-                                   disable=not progress, leave=False), start=1):
+                                   disable=bars_off(progress), leave=False), start=1):
         for part in tokens_of(lang):
             merge(li, *part)
 

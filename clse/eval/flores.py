@@ -14,6 +14,7 @@ import numpy as np
 
 from clse.errors import ClseError, DataError
 from clse.eval.xsim import xsim_error_rate
+from clse.progress import bars_off
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 """NTREX-128, first 200 lines, 8 languages: the fallback when FLORES-200 is not found."""
@@ -91,7 +92,8 @@ def evaluate_xsim(encode: Callable[[list[str]], np.ndarray], sentences: dict[str
     tgt_texts = list(sentences[target])
     tgt_emb = _encode(encode, tgt_texts, target)
     metrics: dict[str, float] = {}
-    bar = tqdm(langs, desc=f"xsim ->{target}", unit="lang", disable=not progress, leave=False)
+    bar = tqdm(langs, desc=f"xsim ->{target}", unit="lang", disable=bars_off(progress),
+               leave=False)
     for lang in bar:
         src_texts = list(sentences[lang])
         if len(src_texts) != len(tgt_texts):

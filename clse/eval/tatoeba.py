@@ -34,6 +34,7 @@ from clse.data.readers import _lines
 from clse.errors import ClseError, ConfigError, DataError
 from clse.eval.encode import encode_texts
 from clse.eval.xsim import MARGINS, margin_nn
+from clse.progress import bars_off
 
 PIVOT = "eng"
 
@@ -178,7 +179,7 @@ def evaluate_tatoeba(encoder: Any, folder: str | Path, codes: Sequence[str], *,
 
     metrics: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
-    bar = tqdm(list(codes), desc="tatoeba", unit="lang", disable=not progress, leave=False)
+    bar = tqdm(list(codes), desc="tatoeba", unit="lang", disable=bars_off(progress), leave=False)
     for code in bar:
         x_texts, e_texts = load_pair(folder, code, max_sentences)
         n = len(x_texts)

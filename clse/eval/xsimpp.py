@@ -36,6 +36,7 @@ import numpy as np
 from clse.data.readers import _lines
 from clse.errors import ClseError, DataError
 from clse.eval.xsim import margin_nn
+from clse.progress import bars_off
 
 log = logging.getLogger("clse.eval")
 
@@ -207,7 +208,7 @@ def evaluate_xsimpp(encode: Callable[[list[str], str], np.ndarray],
     aug_emb = encode(aug.texts, f"{target} augmented")
     metrics: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
-    bar = tqdm(langs, desc=f"{prefix} ->{target}", unit="lang", disable=not progress,
+    bar = tqdm(langs, desc=f"{prefix} ->{target}", unit="lang", disable=bars_off(progress),
                leave=False)
     for lang in bar:
         src_texts = list(sentences[lang])

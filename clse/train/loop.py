@@ -19,9 +19,10 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from clse.errors import ClseError
-from clse.interfaces import Views
 from clse.eval.model import EvalModel
 from clse.eval.runner import run_evaluators
+from clse.interfaces import Views
+from clse.progress import bars_off
 from clse.train import checkpoint as ckpt
 from clse.train.build import (autocast_dtype, build_components, load_pairs, resolve_device,
                               seed_everything)
@@ -113,7 +114,7 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
     if extra is not None:
         extra.train()
     bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc="train",
-               dynamic_ncols=True, disable=not cfg.progress)
+               dynamic_ncols=True, disable=bars_off(cfg.progress))
     for step in bar:
         t0 = time.perf_counter()
         lr = lr_at(step, lr=tcfg.lr, total_steps=total_steps, warmup_ratio=tcfg.warmup_ratio,
