@@ -65,18 +65,14 @@ class ClsAttentionEvaluator:
         if cfg.batch_size < 1:
             raise ConfigError(f"cls_attention batch_size must be >= 1, got {cfg.batch_size}")
         self.cfg = cfg
-        self._data: dict[str, dict[str, list[str]]] = {}
+        from clse.eval.analyses import SplitSamples
+
+        self._samples = SplitSamples(source=cfg.source, languages=cfg.languages, pivot=cfg.pivot,
+                                     max_sentences=cfg.max_sentences, who="cls_attention",
+                                     include_pivot=True)
 
     def load(self, split: str) -> dict[str, list[str]]:
-        from clse.eval.analyses import load_sample, resolve_multiway
-
-        if split not in self._data:
-            cfg = self.cfg
-            folder, langs = resolve_multiway(split, source=cfg.source, languages=cfg.languages,
-                                             pivot=cfg.pivot, include_pivot=True,
-                                             who="cls_attention")
-            self._data[split] = load_sample(folder, langs, cfg.max_sentences)
-        return self._data[split]
+        return self._samples(split)[0]
 
     def __call__(self, model: Any, split: str, out_dir: Path | None = None) -> dict[str, float]:
         from tqdm.auto import tqdm

@@ -72,18 +72,13 @@ class MexaEvaluator:
         self.pool = registry().build("pooling", {"name": cfg.pooling})
         self.cfg = cfg
         self.downstream = read_downstream(cfg.downstream) if cfg.downstream else None
-        self._data: dict[str, tuple[dict[str, list[str]], list[str]]] = {}
+        from clse.eval.analyses import SplitSamples
+
+        self._samples = SplitSamples(source=cfg.source, languages=cfg.languages, pivot=cfg.pivot,
+                                     max_sentences=cfg.max_sentences, who="mexa")
 
     def load(self, split: str) -> tuple[dict[str, list[str]], list[str]]:
-        from clse.eval.analyses import load_sample, resolve_multiway
-
-        if split not in self._data:
-            cfg = self.cfg
-            folder, langs = resolve_multiway(split, source=cfg.source, languages=cfg.languages,
-                                             pivot=cfg.pivot, who="mexa")
-            sample = load_sample(folder, [cfg.pivot, *langs], cfg.max_sentences)
-            self._data[split] = (sample, langs)
-        return self._data[split]
+        return self._samples(split)
 
     def __call__(self, model: Any, split: str, out_dir: Path | None = None) -> dict[str, float]:
         from tqdm.auto import tqdm
@@ -138,7 +133,7 @@ class MexaEvaluator:
 
         cfg = self.cfg
         n_layers = table.shape[1]
-        n = len(self._data[split][0][cfg.pivot])
+        n = len(self.load(split)[0][cfg.pivot])
         write_json(out_dir / "mexa.json", {
             "definition": "MEXA (Kargaran et al. 2024, cisnlp/MEXA): fraction of pairs i with "
                           "cos(e_i,f_i) strictly greater than every other entry of row i and "

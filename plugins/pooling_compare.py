@@ -66,18 +66,13 @@ class PoolingCompareEvaluator:
             raise ConfigError("pooling_compare needs at least one pooling")
         self.poolings = {name: registry().build("pooling", {"name": name}) for name in names}
         self.cfg = cfg
-        self._data: dict[str, tuple[dict[str, list[str]], list[str]]] = {}
+        from clse.eval.analyses import SplitSamples
+
+        self._samples = SplitSamples(source=cfg.source, languages=cfg.languages, pivot=cfg.target,
+                                     max_sentences=cfg.max_sentences, who="pooling_compare")
 
     def load(self, split: str) -> tuple[dict[str, list[str]], list[str]]:
-        from clse.eval.analyses import load_sample, resolve_multiway
-
-        if split not in self._data:
-            cfg = self.cfg
-            folder, langs = resolve_multiway(split, source=cfg.source, languages=cfg.languages,
-                                             pivot=cfg.target, who="pooling_compare")
-            sample = load_sample(folder, [cfg.target, *langs], cfg.max_sentences)
-            self._data[split] = (sample, langs)
-        return self._data[split]
+        return self._samples(split)
 
     def __call__(self, model: Any, split: str, out_dir: Path | None = None) -> dict[str, float]:
         from tqdm.auto import tqdm
@@ -124,7 +119,7 @@ class PoolingCompareEvaluator:
             "reference": "MEXMA (Janeiro et al. 2024) §5.6, Table 10 (uniform vs CLS)",
             "metric": f"xsim error % ({split}, X -> {cfg.target}, {cfg.margin} margin, k={cfg.k})",
             "model": getattr(model, "name", ""),
-            "n_sentences": len(self._data[split][0][cfg.target]),
+            "n_sentences": len(self.load(split)[0][cfg.target]),
             "per_language": rates,
             "avg": {name: metrics[f"pooling/{name}/avg"] for name in names},
             "delta_rel": metrics.get("pooling/delta_rel")})

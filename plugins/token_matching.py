@@ -67,18 +67,14 @@ class TokenMatchingEvaluator:
             raise ConfigError(f"token_matching max_sentences must be >= 1 or null, "
                               f"got {cfg.max_sentences}")
         self.cfg = cfg
-        self._data: dict[str, dict[str, list[str]]] = {}
+        from clse.eval.analyses import SplitSamples
+
+        self._samples = SplitSamples(source=cfg.source, languages=cfg.languages, pivot=cfg.pivot,
+                                     max_sentences=cfg.max_sentences, who="token_matching",
+                                     include_pivot=True)
 
     def load(self, split: str) -> dict[str, list[str]]:
-        from clse.eval.analyses import load_sample, resolve_multiway
-
-        if split not in self._data:
-            cfg = self.cfg
-            folder, langs = resolve_multiway(split, source=cfg.source, languages=cfg.languages,
-                                             pivot=cfg.pivot, include_pivot=True,
-                                             who="token_matching")
-            self._data[split] = load_sample(folder, langs, cfg.max_sentences)
-        return self._data[split]
+        return self._samples(split)[0]
 
     def __call__(self, model: Any, split: str, out_dir: Path | None = None) -> dict[str, float]:
         from clse.eval.analyses import token_matching

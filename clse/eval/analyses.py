@@ -110,6 +110,27 @@ def load_sample(folder: Path, languages: Sequence[str], n: int | None) -> dict[s
     return sentences
 
 
+class SplitSamples:
+    """An evaluator's multi-way sentences per split, read once: ``samples(split) -> (sentences,
+    languages)``. ``sentences`` holds the pivot and the evaluated languages (first
+    ``max_sentences`` lines); ``languages`` are the evaluated ones (the pivot among them only
+    with ``include_pivot``)."""
+
+    def __init__(self, *, source: str, languages: Sequence[str] | None, pivot: str,
+                 max_sentences: int | None, who: str, include_pivot: bool = False):
+        self.options = dict(source=source, languages=languages, pivot=pivot,
+                            include_pivot=include_pivot, who=who)
+        self.pivot, self.max_sentences, self.include_pivot = pivot, max_sentences, include_pivot
+        self._cache: dict[str, tuple[dict[str, list[str]], list[str]]] = {}
+
+    def __call__(self, split: str) -> tuple[dict[str, list[str]], list[str]]:
+        if split not in self._cache:
+            folder, langs = resolve_multiway(split, **self.options)
+            read = langs if self.include_pivot else [self.pivot, *langs]
+            self._cache[split] = (load_sample(folder, read, self.max_sentences), langs)
+        return self._cache[split]
+
+
 # ----------------------------------------------------------------------------- tokens
 
 def special_token_ids(tokenizer: Any) -> set[int]:
