@@ -33,6 +33,7 @@ from clse.data.masking import Masker
 from clse.errors import ConfigError
 from clse.hookspecs import PluginSpec, hookimpl
 from clse.interfaces import EncoderBundle, ObjectiveOutput, Views
+from clse.model.packing import Packing, is_packed
 
 
 @dataclass
@@ -84,9 +85,14 @@ class UnmaskingHead(nn.Module):
         from transformers.masking_utils import create_bidirectional_mask
 
         x = torch.cat([sentence.unsqueeze(1), tokens], dim=1)  # (B, T, D)
-        mask = create_bidirectional_mask(config=self.config, inputs_embeds=x,
-                                         attention_mask=attention_mask)
-        h = self.layers(x, attention_mask=mask).last_hidden_state  # (B, T, D)
+        if is_packed(self):  # the encoder's packing: only real positions are computed
+            packing = Packing.from_mask(attention_mask)
+            h = self.layers(packing.pack(x), **packing.attention_kwargs()).last_hidden_state[0]
+            labels = packing.pack(labels)[0]  # (N,)
+        else:
+            mask = create_bidirectional_mask(config=self.config, inputs_embeds=x,
+                                             attention_mask=attention_mask)
+            h = self.layers(x, attention_mask=mask).last_hidden_state  # (B, T, D)
         picked = labels != -100
         logits = F.linear(h[picked], self.embeddings.weight, self.bias)  # (M, V)
         return F.cross_entropy(logits.float(), labels[picked])

@@ -38,7 +38,9 @@ class XlmrConfig:
     max_positions: int = 514  # 512 tokens + XLM-R's padding offset
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.0  # MEXMA trains with attention dropout off
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "sdpa"  # of padded calls (evaluation, padding=padded)
+    packing: str = "auto"  # auto | packed | padded: train on real tokens only (clse.model.packing)
+    packing_backend: str = "auto"  # auto | xformers | flash_attn | sdpa
     trust_remote_code: bool = False
 
 

@@ -22,6 +22,7 @@ from clse.errors import ClseError
 from clse.eval.model import EvalModel
 from clse.eval.runner import run_evaluators
 from clse.interfaces import Views
+from clse.model import packing
 from clse.progress import bars_off
 from clse.train import checkpoint as ckpt
 from clse.train.build import (autocast_dtype, build_components, load_pairs, resolve_device,
@@ -77,6 +78,9 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
     extra = comp.objective.modules()
     if extra is not None:
         extra.to(device)
+    # packed attention: the objective's views call `forward_model`; evaluation calls `model` padded
+    forward_model = packing.configure_packing(model, extra, mode=cfg.encoder.get("packing", "auto"),
+                                      backend=cfg.encoder.get("packing_backend", "auto"))
     collate = Collator(comp.encoder.tokenizer, max_length=cfg.data.max_length)
     params = list(model.parameters())
     if extra is not None:
@@ -97,6 +101,7 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
     n_params = sum(p.numel() for p in params)
     if tracker is not None:
         tracker.set_tags({"clse.params": str(n_params), "clse.encoder": comp.encoder.source,
+                          "clse.packing": packing.describe(forward_model, device, dtype),
                           "clse.resumed_from": str(resume_from or "")})
         tracker.log_metrics({f"data/p_{k}": v for k, v in sampler.probabilities().items()}, step=0)
 
@@ -130,7 +135,7 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
             batch = batch.to(device)
             tokens += batch.real_tokens
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                out = comp.objective(Views(batch, model, comp.pooling, mask_gen))
+                out = comp.objective(Views(batch, forward_model, comp.pooling, mask_gen))
                 terms = {f"objective/{k}": v for k, v in out.terms.items()}
                 loss = comp.objective.weight * sum(out.terms.values(), torch.zeros((), device=device))
                 if out.pair is not None:
