@@ -30,6 +30,7 @@ class NoObjective:
     """Returns the clean sentence vectors of A and B and no loss term of its own."""
 
     needs_alignment = True  # without an alignment loss nothing would be trained
+    pair_only = True  # output = the clean pair only: the trainer may use gradient caching
 
     def __init__(self, cfg: NoObjectiveConfig, encoder: EncoderBundle | None = None):
         self.cfg = cfg

@@ -50,6 +50,9 @@ class LanguageSampler:
         self.languages: list[str] = sorted(groups)  # sorted: the same draw whatever the file order
         self._index = [np.asarray(groups[lg], dtype=np.int64) for lg in self.languages]
         self._counts = np.array([len(ix) for ix in self._index], dtype=np.int64)
+        # all indices language by language, and where each language starts: one gather per draw
+        self._flat = np.concatenate(self._index)
+        self._start = np.concatenate([[0], np.cumsum(self._counts)[:-1]]).astype(np.int64)
         w = self._counts.astype(np.float64) ** self.alpha
         self._p = w / w.sum()
 
@@ -65,10 +68,25 @@ class LanguageSampler:
         """Indices into ``pairs`` of the batch at ``step``: deterministic in (seed, step)."""
         if step < 0 or batch_size < 1:
             raise ValueError(f"need step >= 0 and batch_size >= 1, got {step}, {batch_size}")
-        rng = np.random.default_rng([self.seed, int(step)])
-        if self.mix == "per_batch":
-            lang = np.full(batch_size, rng.choice(len(self._p), p=self._p))
+        return self.draw(np.random.default_rng([self.seed, int(step)]), batch_size).tolist()
+
+    def draw_language(self, rng: np.random.Generator) -> int:
+        """One language (an index into :attr:`languages`) drawn with ``rng`` by p_l."""
+        return int(rng.choice(len(self._p), p=self._p))
+
+    def draw(self, rng: np.random.Generator, size: int, language: int | None = None) -> np.ndarray:
+        """``size`` pair indices (int64) drawn with ``rng`` exactly as :meth:`batch` draws them.
+
+        For callers that build batches from their own generator
+        (:class:`clse.data.batching.BatchPlanner`). ``language`` (an index into
+        :attr:`languages`) draws every pair from that language; ``None`` follows ``mix``
+        (``per_batch``: one language drawn first for all ``size`` pairs).
+        """
+        if language is not None:
+            lang = np.full(size, int(language))
+        elif self.mix == "per_batch":
+            lang = np.full(size, rng.choice(len(self._p), p=self._p))
         else:
-            lang = rng.choice(len(self._p), size=batch_size, p=self._p)
+            lang = rng.choice(len(self._p), size=size, p=self._p)
         within = rng.integers(0, self._counts[lang])  # one uniform draw per example
-        return [int(self._index[lg][j]) for lg, j in zip(lang, within)]
+        return self._flat[self._start[lang] + within]

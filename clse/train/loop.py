@@ -18,13 +18,14 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from clse.errors import ClseError
+from clse.errors import ClseError, ConfigError
 from clse.eval.model import EvalModel
 from clse.eval.runner import run_evaluators
 from clse.interfaces import Views
 from clse.model import packing
 from clse.progress import bars_off
 from clse.train import checkpoint as ckpt
+from clse.train.grad_cache import batch_encoder, grad_cache_backward
 from clse.train.build import (autocast_dtype, build_components, load_pairs, resolve_device,
                               seed_everything)
 from clse.train.schedule import lr_at
@@ -49,8 +50,21 @@ def evaluate(components, model, cfg: DictConfig, split: str, device, dtype,
     return run_evaluators(encoder, components.evaluators, split, out_dir=out_dir)[0]
 
 
+def pair_losses(comp, a: torch.Tensor, b: torch.Tensor,
+                groups: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted alignment + regulariser of the sentence vectors, in fp32 outside autocast
+    (KoLeo's log-distances and the contrastive softmax lose too much in bf16)."""
+    a, b = a.float(), b.float()
+    with torch.autocast(a.device.type, enabled=False):
+        align = comp.alignment(a, b) if groups is None else comp.alignment(a, b, group_ids=groups)
+        reg = (comp.regularizer(a) + comp.regularizer(b)) / 2
+    loss = comp.alignment.weight * align + comp.regularizer.weight * reg
+    return loss, {"alignment": align, "regularizer": reg}
+
+
 def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
     from clse.data.collate import Collator
+    from clse.data.batching import planner_from_config
     from clse.data.sampling import LanguageSampler
 
     tcfg = cfg.trainer
@@ -81,7 +95,20 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
     # packed attention: the objective's views call `forward_model`; evaluation calls `model` padded
     forward_model = packing.configure_packing(model, extra, mode=cfg.encoder.get("packing", "auto"),
                                       backend=cfg.encoder.get("packing_backend", "auto"))
+    if tcfg.get("compile"):  # dynamic: packed rows change length every step
+        forward_model = torch.compile(forward_model, dynamic=True)
     collate = Collator(comp.encoder.tokenizer, max_length=cfg.data.max_length)
+    token_cost = cfg.data.get("token_cost", "auto")
+    if token_cost == "auto":  # what a batch costs: real tokens when packed, else its padded size
+        token_cost = "packed" if isinstance(forward_model, packing.PackedEncoder) else "padded"
+    planner = planner_from_config({**cfg.data, "token_cost": token_cost}, sampler, pairs,
+                                  comp.encoder.tokenizer)
+    grad_cache = tcfg.get("grad_cache_chunk")
+    if grad_cache is not None and not getattr(comp.objective, "pair_only", False):
+        raise ConfigError(f"trainer.grad_cache_chunk needs a dual encoder (objective=none); "
+                          f"objective={cfg.objective.name} has loss terms of its own")
+    amp = lambda: torch.autocast(device.type, dtype=dtype or torch.float32,  # noqa: E731
+                                 enabled=dtype is not None)
     params = list(model.parameters())
     if extra is not None:
         seen = {id(p) for p in params}
@@ -131,28 +158,33 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
         logs: dict[str, float] = {}
         tokens = 0
         for micro in range(accum):
-            batch = collate([pairs[i] for i in sampler.batch(step * accum + micro, cfg.data.batch_size)])
-            batch = batch.to(device)
+            batch = collate([pairs[i] for i in planner.batch(step * accum + micro)]).to(device)
             tokens += batch.real_tokens
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                out = comp.objective(Views(batch, forward_model, comp.pooling, mask_gen))
+            metrics_out: dict[str, float] = {}
+            if grad_cache:  # dual encoder: encode in chunks, backward through cached vector grads
+                loss, terms = grad_cache_backward(
+                    batch_encoder(batch, forward_model, comp.pooling), len(batch), grad_cache,
+                    lambda a, b: pair_losses(comp, a, b, batch.groups if align_groups else None),
+                    scale=lambda value: scaler.scale(value / accum), context=amp)
+            else:
+                with amp():
+                    out = comp.objective(Views(batch, forward_model, comp.pooling, mask_gen))
                 terms = {f"objective/{k}": v for k, v in out.terms.items()}
                 loss = comp.objective.weight * sum(out.terms.values(), torch.zeros((), device=device))
                 if out.pair is not None:
-                    a, b = out.pair
-                    align = (comp.alignment(a, b, group_ids=batch.groups) if align_groups
-                             else comp.alignment(a, b))
-                    reg = (comp.regularizer(a) + comp.regularizer(b)) / 2
-                    terms["alignment"], terms["regularizer"] = align, reg
-                    loss = loss + comp.alignment.weight * align + comp.regularizer.weight * reg
+                    pair_loss, pair_terms = pair_losses(
+                        comp, *out.pair, batch.groups if align_groups else None)
+                    loss, terms = loss + pair_loss, {**terms, **pair_terms}
+                metrics_out = out.metrics
             if not torch.isfinite(loss):
                 raise ClseError(f"non-finite loss at step {step}: "
                                 + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
                                 + f"; languages {sorted(set(batch.b_lang))}")
-            scaler.scale(loss / accum).backward()
+            if not grad_cache:
+                scaler.scale(loss / accum).backward()
             for k, v in {**terms, "loss": loss}.items():
                 logs[k] = logs.get(k, 0.0) + v.item() / accum
-            for k, v in out.metrics.items():
+            for k, v in metrics_out.items():
                 logs[f"objective/{k}"] = logs.get(f"objective/{k}", 0.0) + v / accum
 
         # --- step
