@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from clse.errors import ClseError
+from clse.errors import ClseError, ConfigError
 
 log = logging.getLogger("clse")
 
@@ -65,13 +65,18 @@ def _quiet_bars(cfg) -> None:
 def _train_task(cfg) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
+    from clse import distributed
     from clse.tracking import Tracker
+    from clse.train.build import resolve_device
     from clse.train.loop import train
 
     _quiet_bars(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(enabled=bool(cfg.tracking.enabled), uri=cfg.tracking.uri)
+    if distributed.init_from_env(resolve_device(cfg.trainer.device).type):
+        run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's folder for all
+    main = distributed.rank() == 0  # one MLflow run, made by rank 0
+    tracker = Tracker(enabled=bool(cfg.tracking.enabled) and main, uri=cfg.tracking.uri)
     try:
         tags = {"clse.objective": cfg.objective.name, "clse.alignment": cfg.alignment.name,
                 "clse.run_dir": str(run_dir)}
@@ -84,6 +89,10 @@ def _train_task(cfg) -> float | None:
         # hydra would print a traceback; a user error gets one clear line and a failed exit code
         print(f"clse: error: {user_error}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        distributed.shutdown()
+    if not main:
+        return None
     summary = {k: round(v, 3) for k, v in result.metrics.items() if k.endswith("/avg")}
     print(f"clse: run finished in {run_dir} (MLflow run {tracker.run_id}): {json.dumps(summary)}")
     if result.export_dir is not None:
@@ -106,7 +115,29 @@ def _check_disabled(argv: list[str]) -> None:
                     reg.get(key, name)  # raises: "... is disabled by CLSE_DISABLE_PLUGINS"
 
 
+def _rank_overrides(argv: list[str]) -> list[str]:
+    """Under torchrun every rank runs hydra; ranks > 0 keep hydra's files out of rank 0's run
+    folder (they write to a private temporary folder and learn rank 0's folder at start)."""
+    from clse import distributed
+
+    if not distributed.launched():
+        return argv
+    if any(a in ("-m", "--multirun") for a in argv):
+        raise ConfigError("a sweep (-m) cannot run under torchrun: launch one torchrun per run, "
+                          "or use hydra/launcher=submitit_slurm (docs/distributed.md)")
+    if distributed.env_rank() == 0:
+        return argv
+    import tempfile
+
+    private = tempfile.mkdtemp(prefix=f"clse-rank{distributed.env_rank()}-")
+    return [*argv, f"hydra.run.dir={private}", "hydra.output_subdir=null"]
+
+
 def run_train(argv: list[str]) -> int:
+    try:
+        argv = _rank_overrides(argv)
+    except ClseError as exc:
+        return _fail(exc)
     return _hydra_command("train", _train_task, "clse train", argv)
 
 

@@ -35,10 +35,15 @@ from clse.hookspecs import PluginSpec, hookimpl
 class KoleoConfig:
     name: str = "koleo"
     weight: float = 0.01
+    gather: bool = False  # under DDP: neighbours searched in the batch of all ranks
 
 
-def koleo(x: Tensor, *, eps: float = 1e-8) -> Tensor:
-    """KoLeo loss of (B, D) vectors in fp32, exact duplicates treated as one point."""
+def koleo(x: Tensor, *, eps: float = 1e-8, query_rows: slice | None = None) -> Tensor:
+    """KoLeo loss of (B, D) vectors in fp32, exact duplicates treated as one point.
+
+    ``query_rows``: only these rows' nearest-neighbour terms (searched among all B rows) enter
+    the mean; under DDP each rank takes its own rows of the gathered batch.
+    """
     if x.dim() != 2:
         raise ValueError(f"koleo: expected a (B, D) tensor, got {tuple(x.shape)}")
     with torch.autocast(device_type=x.device.type, enabled=False):
@@ -50,6 +55,9 @@ def koleo(x: Tensor, *, eps: float = 1e-8) -> Tensor:
             dots = (z @ z.T).masked_fill(same, float("-inf"))  # (B, B)
             nn = dots.argmax(dim=1)  # (B,)
         valid = ~same.all(dim=1)  # (B,) rows with another distinct point
+        if query_rows is not None:
+            valid[: query_rows.start] = False
+            valid[query_rows.stop:] = False
         if not bool(valid.any()):
             return z.sum() * 0.0
         d = (z[valid] - z[nn[valid]]).norm(dim=-1)  # (V,)
@@ -62,13 +70,19 @@ class KoleoRegularizer:
     """:func:`koleo` bound to its weight (a ``Regularizer``)."""
 
     weight: float = 0.01
+    gather: bool = False
 
     def __call__(self, x: Tensor) -> Tensor:
-        return koleo(x)
+        if not self.gather:
+            return koleo(x)
+        from clse import distributed
+
+        full, rows = distributed.gather_rows(x)  # the identity in one process
+        return koleo(full, query_rows=rows)
 
 
 def build(cfg: KoleoConfig) -> KoleoRegularizer:
-    return KoleoRegularizer(weight=float(cfg.weight))
+    return KoleoRegularizer(weight=float(cfg.weight), gather=bool(cfg.gather))
 
 
 @hookimpl

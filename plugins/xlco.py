@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clse import distributed
 from clse.errors import ConfigError
 from clse.hookspecs import PluginSpec, hookimpl
 from clse.interfaces import EncoderBundle, ObjectiveOutput, Views
@@ -143,7 +144,8 @@ class Xlco:
                        "key_query_cos": pos.mean().item(),
                        "queue_cos": neg.mean().item() if neg.numel() else 0.0,
                        "xlco_acc": (pos > hard).float().mean().item()}
-        self.memory.enqueue(torch.cat([k_a, k_b]))
+        # every rank enqueues the keys of all ranks (MoCo), so the queues stay identical
+        self.memory.enqueue(distributed.gather_no_grad(torch.cat([k_a, k_b])))
         return ObjectiveOutput(terms={"xlco": (loss_ab + loss_ba) / 2}, pair=(s_a, s_b),
                                metrics=metrics)
 

@@ -56,7 +56,10 @@ class TrainState:
 
 def save_checkpoint(ckpt_dir: Path, *, step: int, encoder, tokenizer, extra_module: torch.nn.Module | None,
                     optimizer: torch.optim.Optimizer, mask_generator: torch.Generator,
-                    info: dict, keep: int = 2) -> Path:
+                    info: dict, keep: int = 2,
+                    rank_rng: list[dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write a checkpoint atomically; ``rank_rng`` holds every rank's RNG states under DDP
+    (rank 0 writes them all, so each rank resumes its own dropout and masking streams)."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
     final = ckpt_dir / name
@@ -69,6 +72,8 @@ def save_checkpoint(ckpt_dir: Path, *, step: int, encoder, tokenizer, extra_modu
     tensors = {"rng.torch": torch.get_rng_state(), "rng.mask": mask_generator.get_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    for r, states in enumerate(rank_rng or []):
+        tensors.update({f"rng.{name}.rank{r}": value for name, value in states.items()})
     if extra_module is not None:
         # tied weights (the head's vocabulary projection) live in the encoder: store each tensor once
         encoder_ptrs = {p.data_ptr() for p in encoder.parameters()}
@@ -144,9 +149,10 @@ def find_resumable(path: str | Path) -> Path:
 
 
 def restore(ckpt: Path, *, extra_module: torch.nn.Module | None, optimizer: torch.optim.Optimizer,
-            mask_generator: torch.Generator, device: torch.device) -> int:
-    """Load everything but the encoder (built from ``ckpt/encoder``) in place; return the step."""
-    state = load_state(ckpt)
+            mask_generator: torch.Generator, device: torch.device, rank: int = 0) -> int:
+    """Load everything but the encoder (built from ``ckpt/encoder``) in place; return the step.
+    ``rank`` picks that rank's RNG states when the checkpoint has per-rank ones."""
+    state = load_state(ckpt, rank)
     if extra_module is not None:
         result = extra_module.load_state_dict(state.extra_modules, strict=False)
         tied = ("embeddings.",)  # stored once, in the encoder
@@ -162,8 +168,11 @@ def restore(ckpt: Path, *, extra_module: torch.nn.Module | None, optimizer: torc
     return state.step
 
 
-def load_state(ckpt: Path) -> TrainState:
+def load_state(ckpt: Path, rank: int = 0) -> TrainState:
     tensors = load_file(str(ckpt / "extra.safetensors"))
+    for name in ("torch", "mask", "cuda"):  # this rank's streams, when saved per rank
+        if f"rng.{name}.rank{rank}" in tensors:
+            tensors[f"rng.{name}"] = tensors[f"rng.{name}.rank{rank}"]
     info = json.loads((ckpt / "state.json").read_text())
     optimizer = torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu")
     modules = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}

@@ -7,6 +7,7 @@ objective asks ``Views`` for the encoder passes it needs and returns named loss 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -18,13 +19,14 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from clse import distributed
 from clse.errors import ClseError, ConfigError
 from clse.eval.model import EvalModel
 from clse.eval.runner import run_evaluators
-from clse.interfaces import Views
 from clse.model import packing
 from clse.progress import bars_off
 from clse.train import checkpoint as ckpt
+from clse.train import parallel
 from clse.train.grad_cache import batch_encoder, grad_cache_backward
 from clse.train.build import (autocast_dtype, build_components, load_pairs, resolve_device,
                               seed_everything)
@@ -69,8 +71,14 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
 
     tcfg = cfg.trainer
     run_dir = Path(run_dir)
-    seed_everything(cfg.seed, tcfg.deterministic)
+    seed_everything(cfg.seed, tcfg.deterministic)  # the same initial weights on every rank
     device = resolve_device(tcfg.device)
+    distributed.init_from_env(device.type)  # torchrun: join the process group (else a no-op)
+    device = parallel.device_for_rank(device)
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0  # owns the run folder, tracking, evaluation, checkpoints and the export
+    if not main:
+        tracker = None
     dtype = autocast_dtype(tcfg.precision, device)
     if tcfg.threads:
         torch.set_num_threads(int(tcfg.threads))
@@ -87,7 +95,8 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
 
         encoder_bundle = load_pretrained(str(resume_from / "encoder"),
                                          attn_implementation=cfg.encoder.get("attn_implementation", "sdpa"))
-    comp = build_components(cfg, pairs, run_dir, encoder=encoder_bundle)
+    comp = parallel.build_on_ranks(
+        lambda c: build_components(c, pairs, run_dir, encoder=encoder_bundle), cfg, run_dir)
     model = comp.encoder.model.to(device)
     extra = comp.objective.modules()
     if extra is not None:
@@ -102,7 +111,7 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
     if token_cost == "auto":  # what a batch costs: real tokens when packed, else its padded size
         token_cost = "packed" if isinstance(forward_model, packing.PackedEncoder) else "padded"
     planner = planner_from_config({**cfg.data, "token_cost": token_cost}, sampler, pairs,
-                                  comp.encoder.tokenizer)
+                                  comp.encoder.tokenizer, rank=rank, world_size=world)
     grad_cache = tcfg.get("grad_cache_chunk")
     if grad_cache is not None and not getattr(comp.objective, "pair_only", False):
         raise ConfigError(f"trainer.grad_cache_chunk needs a dual encoder (objective=none); "
@@ -116,25 +125,32 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
     params = [p for p in params if p.requires_grad]  # e.g. a momentum encoder is not trained
     optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay,
                                   betas=tuple(tcfg.betas), eps=tcfg.eps)
-    mask_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    mask_gen = torch.Generator().manual_seed(cfg.seed + 1 + 1000 * rank)
+    if world > 1:  # each rank its own dropout stream (the weights are already equal)
+        torch.manual_seed(cfg.seed + 1000 * rank)
+    # the objective's forward as one module: DDP under torchrun syncs encoder + head gradients
+    step_fn = parallel.wrap(parallel.ObjectiveStep(forward_model, extra, comp.objective,
+                                                   comp.pooling), device,
+                            find_unused=bool(tcfg.get("find_unused_parameters", False)))
     # fp16 needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     total_steps, accum = int(tcfg.steps), int(tcfg.grad_accum)
     start = 0
     if resume_from is not None:  # optimizer, objective modules, RNGs; the data needs no state
         start = ckpt.restore(resume_from, extra_module=extra, optimizer=optimizer,
-                             mask_generator=mask_gen, device=device)
+                             mask_generator=mask_gen, device=device, rank=rank)
         log.info("resuming from %s at step %d", resume_from, start)
     n_params = sum(p.numel() for p in params)
     if tracker is not None:
         tracker.set_tags({"clse.params": str(n_params), "clse.encoder": comp.encoder.source,
                           "clse.packing": packing.describe(forward_model, device, dtype),
-                          "clse.resumed_from": str(resume_from or "")})
+                          "clse.resumed_from": str(resume_from or ""),
+                          "clse.world_size": str(world)})
         tracker.log_metrics({f"data/p_{k}": v for k, v in sampler.probabilities().items()}, step=0)
 
     # --- baseline: the untrained model on the final split, for "did it learn?"
     metrics: dict[str, float] = {}
-    if start == 0 and cfg.eval.baseline and comp.evaluators:
+    if start == 0 and cfg.eval.baseline and comp.evaluators and main:
         base = evaluate(comp, model, cfg, cfg.eval.final_split, device, dtype)
         metrics.update({f"untrained/{k}": v for k, v in base.items()})
         if tracker is not None:
@@ -146,7 +162,7 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
     if extra is not None:
         extra.train()
     bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc="train",
-               dynamic_ncols=True, disable=bars_off(cfg.progress))
+               dynamic_ncols=True, disable=bars_off(cfg.progress) or not main)
     for step in bar:
         t0 = time.perf_counter()
         lr = lr_at(step, lr=tcfg.lr, total_steps=total_steps, warmup_ratio=tcfg.warmup_ratio,
@@ -167,8 +183,11 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
                     lambda a, b: pair_losses(comp, a, b, batch.groups if align_groups else None),
                     scale=lambda value: scaler.scale(value / accum), context=amp)
             else:
-                with amp():
-                    out = comp.objective(Views(batch, forward_model, comp.pooling, mask_gen))
+                # DDP: sync gradients on the last micro-batch only
+                last = micro == accum - 1 or not hasattr(step_fn, "no_sync")
+                sync = contextlib.nullcontext() if last else step_fn.no_sync()
+                with sync, amp():
+                    out = step_fn(batch, mask_gen)
                 terms = {f"objective/{k}": v for k, v in out.terms.items()}
                 loss = comp.objective.weight * sum(out.terms.values(), torch.zeros((), device=device))
                 if out.pair is not None:
@@ -176,18 +195,22 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
                         comp, *out.pair, batch.groups if align_groups else None)
                     loss, terms = loss + pair_loss, {**terms, **pair_terms}
                 metrics_out = out.metrics
-            if not torch.isfinite(loss):
-                raise ClseError(f"non-finite loss at step {step}: "
+            if not distributed.all_true(torch.isfinite(loss), device):  # every rank stops
+                raise ClseError(f"non-finite loss at step {step} (on some rank; this rank's: "
+                                f"{loss.item():.4g}): "
                                 + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
                                 + f"; languages {sorted(set(batch.b_lang))}")
             if not grad_cache:
-                scaler.scale(loss / accum).backward()
+                with sync:
+                    scaler.scale(loss / accum).backward()
             for k, v in {**terms, "loss": loss}.items():
                 logs[k] = logs.get(k, 0.0) + v.item() / accum
             for k, v in metrics_out.items():
                 logs[f"objective/{k}"] = logs.get(f"objective/{k}", 0.0) + v / accum
 
         # --- step
+        if grad_cache:  # its backward ran outside DDP: average the gradients over ranks here
+            distributed.average_gradients(params)
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.clip_norm)
         scaler.step(optimizer)
@@ -199,23 +222,35 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
         # --- log
         logs.update({"lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tokens / elapsed})
         bar.set_postfix(loss=f"{logs['loss']:.3f}", tok_s=f"{logs['tokens_per_s']:.0f}")
-        if tracker is not None and (done % tcfg.log_every == 0 or done == total_steps):
-            tracker.log_metrics({f"train/{k}": v for k, v in logs.items()}, step=done)
+        if done % tcfg.log_every == 0 or done == total_steps:  # ranks average (tokens/s: sum)
+            logs = distributed.mean_over_ranks(logs, device, summed=("tokens_per_s",))
+            if tracker is not None:
+                tracker.log_metrics({f"train/{k}": v for k, v in logs.items()}, step=done)
 
-        # --- periodic evaluation and checkpoint
-        if cfg.eval.every and done % cfg.eval.every == 0 and done < total_steps:
+        # --- periodic evaluation and checkpoint (rank 0; the others wait)
+        evaluating = bool(cfg.eval.every) and done % cfg.eval.every == 0 and done < total_steps
+        saving = bool(tcfg.checkpoint_every) and (done % tcfg.checkpoint_every == 0
+                                                  or done == total_steps)
+        if evaluating and main:
             dev = evaluate(comp, model, cfg, cfg.eval.split, device, dtype)
             if tracker is not None:
                 tracker.log_metrics(dev, step=done)
-        if tcfg.checkpoint_every and (done % tcfg.checkpoint_every == 0 or done == total_steps):
-            ckpt.save_checkpoint(run_dir / "checkpoints", step=done, encoder=model,
-                                 tokenizer=comp.encoder.tokenizer, extra_module=extra,
-                                 optimizer=optimizer, mask_generator=mask_gen,
-                                 info={"objective": cfg.objective.name}, keep=tcfg.keep_checkpoints)
+        if saving:
+            rank_rng = parallel.rng_states(mask_gen) if world > 1 else None
+            if main:
+                ckpt.save_checkpoint(run_dir / "checkpoints", step=done, encoder=model,
+                                     tokenizer=comp.encoder.tokenizer, extra_module=extra,
+                                     optimizer=optimizer, mask_generator=mask_gen,
+                                     info={"objective": cfg.objective.name, "world_size": world},
+                                     keep=tcfg.keep_checkpoints, rank_rng=rank_rng)
+        if evaluating or saving:
+            distributed.barrier()
         if tcfg.stop_after and done >= tcfg.stop_after:  # testing aid: simulate a killed run
             bar.close()
             return TrainResult(run_dir, done, metrics)
     bar.close()
+    if not main:  # evaluation, metrics and the export are rank 0's (no collective follows)
+        return TrainResult(run_dir, total_steps, metrics)
 
     # --- final evaluation and export
     final_split = cfg.eval.final_split
