@@ -55,7 +55,7 @@ class TrainState:
 
 
 def save_checkpoint(ckpt_dir: Path, *, step: int, encoder, tokenizer, extra_module: torch.nn.Module | None,
-                    optimizer: torch.optim.Optimizer, mask_generator: torch.Generator,
+                    optimizer_state: dict, mask_generator: torch.Generator,
                     info: dict, keep: int = 2,
                     rank_rng: list[dict[str, torch.Tensor]] | None = None) -> Path:
     """Write a checkpoint atomically; ``rank_rng`` holds every rank's RNG states under DDP
@@ -81,7 +81,7 @@ def save_checkpoint(ckpt_dir: Path, *, step: int, encoder, tokenizer, extra_modu
             if value.data_ptr() not in encoder_ptrs:
                 tensors[f"module.{key}"] = value.detach().contiguous().clone()
     save_file(tensors, str(tmp / "extra.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **info}, indent=2))
     _fsync_tree(tmp)
     files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -148,10 +148,11 @@ def find_resumable(path: str | Path) -> Path:
                     f"(looked for step_*/ folders with a matching manifest.json)")
 
 
-def restore(ckpt: Path, *, extra_module: torch.nn.Module | None, optimizer: torch.optim.Optimizer,
-            mask_generator: torch.Generator, device: torch.device, rank: int = 0) -> int:
-    """Load everything but the encoder (built from ``ckpt/encoder``) in place; return the step.
-    ``rank`` picks that rank's RNG states when the checkpoint has per-rank ones."""
+def restore(ckpt: Path, *, extra_module: torch.nn.Module | None,
+            mask_generator: torch.Generator, device: torch.device, rank: int = 0) -> TrainState:
+    """Load the objective's modules and the RNG states in place (the encoder is built from
+    ``ckpt/encoder``; the optimizer state is in the returned state, for the trainer to load once
+    its optimizer exists). ``rank`` picks that rank's RNG streams when saved per rank."""
     state = load_state(ckpt, rank)
     if extra_module is not None:
         result = extra_module.load_state_dict(state.extra_modules, strict=False)
@@ -160,12 +161,11 @@ def restore(ckpt: Path, *, extra_module: torch.nn.Module | None, optimizer: torc
         if missing or result.unexpected_keys:
             raise ClseError(f"checkpoint {ckpt} does not match the configured objective: "
                             f"missing {missing}, unexpected {result.unexpected_keys}")
-    optimizer.load_state_dict(state.optimizer)
     torch.set_rng_state(state.torch_rng)
     if state.cuda_rng is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state.cuda_rng, device)
     mask_generator.set_state(state.mask_rng)
-    return state.step
+    return state
 
 
 def load_state(ckpt: Path, rank: int = 0) -> TrainState:

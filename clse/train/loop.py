@@ -118,40 +118,51 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
                           f"objective={cfg.objective.name} has loss terms of its own")
     amp = lambda: torch.autocast(device.type, dtype=dtype or torch.float32,  # noqa: E731
                                  enabled=dtype is not None)
-    params = list(model.parameters())
+    mask_gen = torch.Generator().manual_seed(cfg.seed + 1 + 1000 * rank)
+    if world > 1:  # each rank its own dropout stream (the weights are already equal)
+        torch.manual_seed(cfg.seed + 1000 * rank)
+    start, resumed = 0, None
+    if resume_from is not None:  # objective modules and RNGs now, optimizer below; data: no state
+        resumed = ckpt.restore(resume_from, extra_module=extra, mask_generator=mask_gen,
+                               device=device, rank=rank)
+        start = resumed.step
+        log.info("resuming from %s at step %d", resume_from, start)
+
+    # --- replication over ranks: the objective's whole forward is one DDP (or FSDP) module
+    strategy = tcfg.get("strategy", "ddp")
+    if resumed is not None and resumed.info.get("strategy", "ddp") != strategy:
+        raise ConfigError(f"{resume_from} was written with trainer.strategy="
+                          f"{resumed.info.get('strategy', 'ddp')}; resume with the same strategy")
+    if grad_cache is not None and strategy == "fsdp":
+        raise ConfigError("trainer.grad_cache_chunk does not work with trainer.strategy=fsdp")
+    replicas = parallel.Replication(strategy, model, extra)
+    step_fn = replicas.wrap(parallel.ObjectiveStep(forward_model, extra, comp.objective,
+                                                   comp.pooling), device,
+                            find_unused=bool(tcfg.get("find_unused_parameters", False)))
+    params = list(model.parameters())  # after wrapping: FSDP replaces them by shards
     if extra is not None:
         seen = {id(p) for p in params}
         params += [p for p in extra.parameters() if id(p) not in seen]
     params = [p for p in params if p.requires_grad]  # e.g. a momentum encoder is not trained
     optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay,
                                   betas=tuple(tcfg.betas), eps=tcfg.eps)
-    mask_gen = torch.Generator().manual_seed(cfg.seed + 1 + 1000 * rank)
-    if world > 1:  # each rank its own dropout stream (the weights are already equal)
-        torch.manual_seed(cfg.seed + 1000 * rank)
-    # the objective's forward as one module: DDP under torchrun syncs encoder + head gradients
-    step_fn = parallel.wrap(parallel.ObjectiveStep(forward_model, extra, comp.objective,
-                                                   comp.pooling), device,
-                            find_unused=bool(tcfg.get("find_unused_parameters", False)))
+    if resumed is not None:
+        replicas.load_optimizer_state(optimizer, resumed.optimizer)
     # fp16 needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     total_steps, accum = int(tcfg.steps), int(tcfg.grad_accum)
-    start = 0
-    if resume_from is not None:  # optimizer, objective modules, RNGs; the data needs no state
-        start = ckpt.restore(resume_from, extra_module=extra, optimizer=optimizer,
-                             mask_generator=mask_gen, device=device, rank=rank)
-        log.info("resuming from %s at step %d", resume_from, start)
-    n_params = sum(p.numel() for p in params)
+    n_params = sum(p.numel() for p in params) * (world if replicas.sharded else 1)
     if tracker is not None:
         tracker.set_tags({"clse.params": str(n_params), "clse.encoder": comp.encoder.source,
                           "clse.packing": packing.describe(forward_model, device, dtype),
                           "clse.resumed_from": str(resume_from or ""),
-                          "clse.world_size": str(world)})
+                          "clse.world_size": str(world), "clse.strategy": strategy})
         tracker.log_metrics({f"data/p_{k}": v for k, v in sampler.probabilities().items()}, step=0)
 
     # --- baseline: the untrained model on the final split, for "did it learn?"
     metrics: dict[str, float] = {}
     if start == 0 and cfg.eval.baseline and comp.evaluators and main:
-        base = evaluate(comp, model, cfg, cfg.eval.final_split, device, dtype)
+        base = evaluate(comp, replicas.model, cfg, cfg.eval.final_split, device, dtype)
         metrics.update({f"untrained/{k}": v for k, v in base.items()})
         if tracker is not None:
             tracker.log_metrics({f"untrained/{k}": v for k, v in base.items()}, step=0)
@@ -231,17 +242,20 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
         evaluating = bool(cfg.eval.every) and done % cfg.eval.every == 0 and done < total_steps
         saving = bool(tcfg.checkpoint_every) and (done % tcfg.checkpoint_every == 0
                                                   or done == total_steps)
+        full_model, full_extra = replicas.full_modules() if evaluating or saving else (None, None)
         if evaluating and main:
-            dev = evaluate(comp, model, cfg, cfg.eval.split, device, dtype)
+            dev = evaluate(comp, full_model, cfg, cfg.eval.split, device, dtype)
             if tracker is not None:
                 tracker.log_metrics(dev, step=done)
         if saving:
             rank_rng = parallel.rng_states(mask_gen) if world > 1 else None
+            optimizer_state = replicas.optimizer_state(optimizer)
             if main:
-                ckpt.save_checkpoint(run_dir / "checkpoints", step=done, encoder=model,
-                                     tokenizer=comp.encoder.tokenizer, extra_module=extra,
-                                     optimizer=optimizer, mask_generator=mask_gen,
-                                     info={"objective": cfg.objective.name, "world_size": world},
+                ckpt.save_checkpoint(run_dir / "checkpoints", step=done, encoder=full_model,
+                                     tokenizer=comp.encoder.tokenizer, extra_module=full_extra,
+                                     optimizer_state=optimizer_state, mask_generator=mask_gen,
+                                     info={"objective": cfg.objective.name, "world_size": world,
+                                           "strategy": strategy},
                                      keep=tcfg.keep_checkpoints, rank_rng=rank_rng)
         if evaluating or saving:
             distributed.barrier()
@@ -249,6 +263,7 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
             bar.close()
             return TrainResult(run_dir, done, metrics)
     bar.close()
+    model, extra = replicas.full_modules()  # FSDP: the trained weights gathered on rank 0
     if not main:  # evaluation, metrics and the export are rank 0's (no collective follows)
         return TrainResult(run_dir, total_steps, metrics)
 
