@@ -85,9 +85,12 @@ def load_pretrained(path_or_name: str, *, attn_implementation: str = "sdpa",
                                           trust_remote_code=trust_remote_code,
                                           attn_implementation=attn_implementation)
         tok = AutoTokenizer.from_pretrained(tokenizer or ref, trust_remote_code=trust_remote_code)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # missing files, pickle-only weights, remote code
         offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
-        raise ConfigError(f"could not load encoder {path_or_name!r}{offline}: {exc}") from exc
+        hint = (" (it ships its own code: set encoder.trust_remote_code=true only if you trust it)"
+                if "trust_remote_code" in str(exc) else "")
+        raise ConfigError(f"could not load encoder {path_or_name!r}{offline}: "
+                          f"{str(exc).splitlines()[0]}{hint}") from exc
     return EncoderBundle(model=model, tokenizer=tok, source=ref)
 
 

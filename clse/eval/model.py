@@ -161,10 +161,12 @@ def _from_hf(name_or_path: str, pooling: str, max_length: int, device: str, *,
     from transformers import AutoModel, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        # untrusted folders: safetensors weights only (no pickle), no code from the folder
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
         kwargs = {"add_pooling_layer": False} if _has_pooler_option(name_or_path) else {}
-        model = AutoModel.from_pretrained(name_or_path, attn_implementation="sdpa", **kwargs)
-    except OSError as exc:
+        model = AutoModel.from_pretrained(name_or_path, attn_implementation="sdpa",
+                                          use_safetensors=True, trust_remote_code=False, **kwargs)
+    except (OSError, ValueError) as exc:  # missing files; refused pickle or remote code
         raise ClseError(f"cannot load model {name_or_path!r}: {exc}".splitlines()[0]
                         + " (a hub name needs the network or the local Hugging Face cache)") from exc
     return EvalModel(model.to(device).eval(), tokenizer, pooling, name=name,
@@ -174,7 +176,8 @@ def _from_hf(name_or_path: str, pooling: str, max_length: int, device: str, *,
 def _has_pooler_option(name_or_path: str) -> bool:
     from transformers import AutoConfig
 
-    arch = (AutoConfig.from_pretrained(name_or_path).architectures or [""])[0]
+    arch = (AutoConfig.from_pretrained(name_or_path, trust_remote_code=False).architectures
+            or [""])[0]
     return arch.endswith("Model") and any(k in arch.lower() for k in ("bert", "roberta"))
 
 
@@ -182,7 +185,8 @@ def _from_sentence_transformers(path: Path, pooling: str | None, max_length: int
                                 device: str) -> EvalModel:
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(str(path), device=device)
+    st = SentenceTransformer(str(path), device=device, trust_remote_code=False,
+                             model_kwargs={"use_safetensors": True})
     transformer = st[0]
     mode = None
     for module in st:

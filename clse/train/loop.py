@@ -35,6 +35,11 @@ from clse.train.schedule import lr_at
 log = logging.getLogger("clse.train")
 
 
+class NonFiniteError(ClseError):
+    """A NaN/Inf loss or gradient (``trainer.nonfinite=stop``); the message names the step, the
+    loss terms and the batch's languages. Checkpoints written before it are intact."""
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -151,6 +156,11 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
     # fp16 needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     total_steps, accum = int(tcfg.steps), int(tcfg.grad_accum)
+    nonfinite = tcfg.get("nonfinite", "stop")
+    if nonfinite not in ("stop", "skip"):
+        raise ConfigError(f"trainer.nonfinite must be stop or skip, got {nonfinite!r}")
+    skipped = int(resumed.info.get("skipped_steps", 0)) if resumed is not None else 0
+    skipped_in_a_row = 0
     n_params = sum(p.numel() for p in params) * (world if replicas.sharded else 1)
     if tracker is not None:
         tracker.set_tags({"clse.params": str(n_params), "clse.encoder": comp.encoder.source,
@@ -183,10 +193,11 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
 
         # --- forward and losses, over `accum` micro-batches
         logs: dict[str, float] = {}
-        tokens = 0
+        tokens, languages, problem = 0, set(), None
         for micro in range(accum):
             batch = collate([pairs[i] for i in planner.batch(step * accum + micro)]).to(device)
             tokens += batch.real_tokens
+            languages.update(batch.a_lang + batch.b_lang)
             metrics_out: dict[str, float] = {}
             if grad_cache:  # dual encoder: encode in chunks, backward through cached vector grads
                 loss, terms = grad_cache_backward(
@@ -206,12 +217,14 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
                         comp, *out.pair, batch.groups if align_groups else None)
                     loss, terms = loss + pair_loss, {**terms, **pair_terms}
                 metrics_out = out.metrics
-            if not distributed.all_true(torch.isfinite(loss), device):  # every rank stops
-                raise ClseError(f"non-finite loss at step {step} (on some rank; this rank's: "
-                                f"{loss.item():.4g}): "
-                                + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-                                + f"; languages {sorted(set(batch.b_lang))}")
-            if not grad_cache:
+            if not distributed.all_true(torch.isfinite(loss), device) and problem is None:
+                problem = (f"non-finite loss at step {step + 1} (this rank's loss "
+                           f"{loss.item():.4g}; " + ", ".join(
+                               f"{k}={v.item():.4g}" for k, v in terms.items())
+                           + f"; languages {sorted(set(batch.a_lang + batch.b_lang))})")
+                if nonfinite == "stop":  # a collective check: every rank stops at this step
+                    raise NonFiniteError(problem)
+            if not grad_cache:  # (under `skip`, a non-finite backward keeps DDP's ranks in step)
                 with sync:
                     scaler.scale(loss / accum).backward()
             for k, v in {**terms, "loss": loss}.items():
@@ -224,14 +237,30 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
             distributed.average_gradients(params)
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.clip_norm)
-        scaler.step(optimizer)
+        # fp16's GradScaler skips inf steps itself (that is how it finds its scale)
+        if problem is None and not torch.isfinite(grad_norm) and dtype is not torch.float16:
+            problem = (f"non-finite gradient norm at step {step + 1} (loss "
+                       f"{logs.get('loss', float('nan')):.4g}; languages {sorted(languages)})")
+            if nonfinite == "stop":
+                raise NonFiniteError(problem)
+        if problem is None:
+            scaler.step(optimizer)
+            skipped_in_a_row = 0
+        else:  # trainer.nonfinite=skip: drop this update, keep going, count it
+            skipped += 1
+            skipped_in_a_row += 1
+            log.warning("%s: update skipped (%d so far)", problem, skipped)
+            if skipped_in_a_row > int(tcfg.get("max_skipped_in_a_row", 10)):
+                raise NonFiniteError(f"{problem}; {skipped_in_a_row} updates in a row were "
+                                     "non-finite (trainer.max_skipped_in_a_row)")
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - t0
         done = step + 1
 
         # --- log
-        logs.update({"lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tokens / elapsed})
+        logs.update({"lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tokens / elapsed,
+                     "skipped_steps": skipped})
         bar.set_postfix(loss=f"{logs['loss']:.3f}", tok_s=f"{logs['tokens_per_s']:.0f}")
         if done % tcfg.log_every == 0 or done == total_steps:  # ranks average (tokens/s: sum)
             logs = distributed.mean_over_ranks(logs, device, summed=("tokens_per_s",))
@@ -255,7 +284,7 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
                                      tokenizer=comp.encoder.tokenizer, extra_module=full_extra,
                                      optimizer_state=optimizer_state, mask_generator=mask_gen,
                                      info={"objective": cfg.objective.name, "world_size": world,
-                                           "strategy": strategy},
+                                           "strategy": strategy, "skipped_steps": skipped},
                                      keep=tcfg.keep_checkpoints, rank_rng=rank_rng)
         if evaluating or saving:
             distributed.barrier()

@@ -114,3 +114,18 @@ def test_fsdp_trains_like_ddp_and_resumes(tmp_path):
     for key in ddp:
         torch.testing.assert_close(fsdp[key], ddp[key], rtol=1e-4, atol=2e-5, msg=key)
         assert torch.equal(fsdp[key], resumed[key]), key
+
+
+def test_a_nan_on_one_rank_stops_every_rank(tmp_path):
+    """Rank 1 alone sees a NaN loss at step 2: both ranks stop there with the error (no hang)."""
+    worker = Path(__file__).with_name("nonfinite_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", str(worker), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        text = (tmp_path / f"rank{rank}.txt").read_text()
+        assert text.startswith("stopped: non-finite loss at step 2"), text
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints[-1] == "step_00000001"  # rank 0 wrote step 1 and nothing after
