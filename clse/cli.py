@@ -29,6 +29,7 @@ commands:
                           eval=[xsim,tatoeba,mexa,...] picks the suites
   plugins [--json]        list the plugins (kind, name, providing package)
   export CKPT OUT         export a checkpoint as Hugging Face + SentenceTransformers folders
+  tracking replay FILE    send the metrics spooled while the MLflow store was unreachable
 """
 
 
@@ -76,7 +77,8 @@ def _train_task(cfg) -> float | None:
     if distributed.init_from_env(resolve_device(cfg.trainer.device).type):
         run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's folder for all
     main = distributed.rank() == 0  # one MLflow run, made by rank 0
-    tracker = Tracker(enabled=bool(cfg.tracking.enabled) and main, uri=cfg.tracking.uri)
+    tracker = Tracker(enabled=bool(cfg.tracking.enabled) and main, uri=cfg.tracking.uri,
+                      spool_dir=run_dir)  # an outage mid-run: metrics wait in the run folder
     try:
         tags = {"clse.objective": cfg.objective.name, "clse.alignment": cfg.alignment.name,
                 "clse.run_dir": str(run_dir)}
@@ -95,6 +97,9 @@ def _train_task(cfg) -> float | None:
         return None
     summary = {k: round(v, 3) for k, v in result.metrics.items() if k.endswith("/avg")}
     print(f"clse: run finished in {run_dir} (MLflow run {tracker.run_id}): {json.dumps(summary)}")
+    if tracker.unsent:
+        print(f"clse: {tracker.unsent} tracking records wait in {tracker.spool_path}: "
+              f"clse tracking replay {tracker.spool_path}")
     if result.export_dir is not None:
         print(f"clse: exported model: {result.export_dir}")
     return summary.get(f"{cfg.eval.final_split}/xsim/avg")
@@ -239,7 +244,25 @@ def run_export(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "eval": run_eval, "plugins": run_plugins, "export": run_export}
+def run_tracking(argv: list[str]) -> int:
+    """``clse tracking replay FILE [--uri URI]``: send metrics spooled during an MLflow outage."""
+    from clse.tracking import replay_spool
+
+    parser = argparse.ArgumentParser(prog="clse tracking")
+    sub = parser.add_subparsers(dest="action", required=True)
+    replay = sub.add_parser("replay", help="send a spool file written during a tracking outage")
+    replay.add_argument("spool", type=Path)
+    replay.add_argument("--uri", default=None, help="the store (default: the one in the file)")
+    args = parser.parse_args(argv)
+    if not args.spool.is_file():
+        raise ClseError(f"{args.spool}: no such spool file")
+    sent = replay_spool(args.spool, uri=args.uri)
+    print(f"clse: replayed {args.spool}: " + ", ".join(f"{n} {k}" for k, n in sent.items()))
+    return 0
+
+
+COMMANDS = {"train": run_train, "eval": run_eval, "plugins": run_plugins, "export": run_export,
+            "tracking": run_tracking}
 
 
 def main(argv: list[str] | None = None) -> int:

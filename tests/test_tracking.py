@@ -102,18 +102,44 @@ def test_run_logs_params_metrics_and_config(store):
     assert OmegaConf.load(local).trainer.steps == 10
 
 
-def test_exception_marks_run_failed(store):
+def test_exception_marks_run_failed_with_its_reason(store):
     with pytest.raises(ValueError):
         with Tracker().start("exp", run_name="boom", config={"a": 1}) as tr:
             raise ValueError("diverged")
-    assert _client().get_run(tr.run_id).info.status == "FAILED"
+    run = _client().get_run(tr.run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["clse.failure_reason"] == "ValueError: diverged"
     tr.end("FINISHED")  # idempotent once ended
     assert _client().get_run(tr.run_id).info.status == "FAILED"
 
     with pytest.raises(KeyboardInterrupt):
         with Tracker().start("exp", config={}) as tr2:
             raise KeyboardInterrupt
-    assert _client().get_run(tr2.run_id).info.status == "KILLED"
+    run = _client().get_run(tr2.run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["clse.failure_reason"] == "KeyboardInterrupt"
+
+    with Tracker().start("exp", config={}) as tr3:
+        pass
+    assert "clse.failure_reason" not in _client().get_run(tr3.run_id).data.tags
+
+
+def test_fail_records_a_cut_reason(store):
+    tr = Tracker().start("exp", config={})
+    tr.fail("loss is NaN at step 12\n" + "x" * 5000)
+    run = _client().get_run(tr.run_id)
+    reason = run.data.tags["clse.failure_reason"]
+    assert run.info.status == "FAILED"
+    assert reason.startswith("loss is NaN at step 12\nxxx") and len(reason) == 1000
+    tr.fail("again")  # ended already: nothing changes
+    assert _client().get_run(tr.run_id).data.tags["clse.failure_reason"] == reason
+
+    tr2 = Tracker().start("exp", config={})
+    tr2.fail(RuntimeError("CUDA out of memory"))  # an exception: "Type: message"
+    assert _client().get_run(tr2.run_id).data.tags["clse.failure_reason"] == \
+        "RuntimeError: CUDA out of memory"
+    with pytest.raises(ValueError, match="status"):
+        tr2.end("DONE")
 
 
 def test_nested_run_has_parent_tag(store):
