@@ -138,6 +138,30 @@ def _rank_overrides(argv: list[str]) -> list[str]:
     return [*argv, f"hydra.run.dir={private}", "hydra.output_subdir=null"]
 
 
+def _precheck(config_name: str, argv: list[str]) -> None:
+    """Compose once before hydra runs, so that an unknown option, key or malformed override is
+    one ``clse: error:`` line (hydra would print several, or a traceback). Sweeps and flags
+    (``-m``, ``--cfg``, ``--help``) are left to hydra."""
+    if any(a.startswith("-") for a in argv):
+        return
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = [a for a in argv if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    try:
+        with initialize_config_module(config_module="clse_configs", version_base="1.3"):
+            compose(config_name=config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException, ValueError, TypeError) as exc:
+        text = str(exc).split("Config search path")[0]  # hydra's search path: noise here
+        if exc.__cause__ is not None:  # e.g. why an override could not be merged
+            text += "\n" + str(exc.__cause__).split("\n")[0]
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        head, rest = (lines[0], lines[1:]) if lines else (type(exc).__name__, [])
+        detail = " ".join(rest)  # e.g. hydra's available options, one per line
+        raise ConfigError(head + (f" {detail[:400]}" if detail else "")) from None
+
+
 def run_train(argv: list[str]) -> int:
     try:
         argv = _rank_overrides(argv)
@@ -154,6 +178,10 @@ def _hydra_command(config_name: str, task_fn, prog: str, argv: list[str]) -> int
     try:
         setup()
         _check_disabled(argv)
+    except ClseError as exc:
+        return _fail(exc)
+    try:
+        _precheck(config_name, argv)
     except ClseError as exc:
         return _fail(exc)
     task = hydra.main(config_path="pkg://clse_configs", config_name=config_name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import numbers
 from typing import Any, Sequence
 
 import torch
@@ -27,8 +28,10 @@ class Collator:
     def __init__(self, tokenizer: Any, max_length: int = 200):
         if tokenizer.pad_token_id is None:
             raise ConfigError("the tokenizer has no pad token; set tokenizer.pad_token")
-        if max_length < 2:
-            raise ConfigError(f"max_length must be >= 2, got {max_length}")
+        if (isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral)
+                or max_length < 2):
+            raise ConfigError(f"max_length must be an integer >= 2 (tokens per sentence, "
+                              f"special tokens included), got {max_length!r}")
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
 

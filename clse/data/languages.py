@@ -64,6 +64,8 @@ _BY_LOWER = {c.lower(): c for c in FLORES200}
 
 def suggest(code: str, n: int = 3) -> list[str]:
     """Known codes close to ``code`` (case slips, a missing script, typos), best first."""
+    if not isinstance(code, str):
+        return []
     low = code.strip().lower()
     if low in _BY_LOWER:
         return [_BY_LOWER[low]]
@@ -83,7 +85,7 @@ def check_language(code: str, path: str | Path, line: int | None,
         line: its 1-based line, or None for a code taken from a file name.
         allow_unknown: accept any non-empty code (for languages outside FLORES-200).
     """
-    if not code or code != code.strip():
+    if not isinstance(code, str) or not code or code != code.strip():
         raise DataError(path, line, f"invalid language code {code!r}",
                         "a FLORES-200 code such as 'deu_Latn'")
     if code in FLORES200 or allow_unknown:

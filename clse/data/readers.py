@@ -1,9 +1,11 @@
 """Parallel corpora: translation pairs from TSV files, multi-way folders and HF datasets.
 
 Every reader returns ``list[Pair]`` and raises :class:`clse.errors.DataError` naming the file,
-the 1-based line (the 1-based row for a dataset) and what was expected, for: a missing file or
-folder, an empty file, a line that is not valid UTF-8, a wrong column count, an empty or
-whitespace-only sentence, an unknown language code, multi-way files of unequal length.
+the 1-based line (the 1-based row for a dataset) and what was expected, for: a missing or
+unreadable file or folder, an empty file, a line that is not valid UTF-8, a wrong column count,
+an empty or whitespace-only sentence, an unknown language code, multi-way files of unequal
+length. No line is ever skipped. :func:`load_corpus` raises :class:`clse.errors.ConfigError`
+for a corpus spec with an unknown option or a value of the wrong type.
 
 Sentences are stripped of surrounding whitespace; nothing else is changed (no truncation: the
 tokenizer does that). A UTF-8 byte-order mark at the start of a file is ignored.
@@ -60,9 +62,22 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         raise DataError(path, None, "file not found", "an existing UTF-8 text file")
     if path.is_dir():
         raise DataError(path, None, "is a folder, not a file", "a UTF-8 text file")
-    with path.open("rb") as f:
+    try:
+        f = path.open("rb")
+    except OSError as e:  # permissions, a dangling mount, ...
+        raise DataError(path, None, f"cannot open: {e.strerror or e}",
+                        "a readable UTF-8 text file") from None
+    with f:
         n = 0
-        for n, raw in enumerate(f, 1):
+        while True:
+            try:
+                raw = f.readline()
+            except OSError as e:  # an I/O error mid-file (a device, a network mount)
+                raise DataError(path, n + 1, f"cannot read: {e.strerror or e}",
+                                "a readable UTF-8 text file") from None
+            if not raw:
+                break
+            n += 1
             try:
                 text = raw.decode("utf-8")  # strict: report the line, never replace characters
             except UnicodeDecodeError as e:
@@ -136,6 +151,8 @@ def read_multiway(folder: str | Path, pivot: str = PIVOT, languages: Iterable[st
         allow_unknown_languages: accept file names that are not FLORES-200 codes.
     """
     folder = Path(folder)
+    if not isinstance(pivot, str):
+        raise ConfigError(f"multi-way pivot must be a language code, got {pivot!r}")
     if not folder.is_dir():
         problem = "is a file, not a folder" if folder.exists() else "folder not found"
         raise DataError(folder, None, problem, "a folder of line-aligned <lang>.txt files")
@@ -147,6 +164,11 @@ def read_multiway(folder: str | Path, pivot: str = PIVOT, languages: Iterable[st
     if languages is None:
         wanted = sorted(set(found) - {pivot})
     else:
+        if isinstance(languages, str):  # one language, not its characters
+            languages = [languages]
+        if not isinstance(languages, Iterable) or not all(isinstance(lg, str) for lg in languages):
+            raise ConfigError(f"multi-way languages must be a list of language codes, "
+                              f"got {languages!r:.80}")
         wanted = sorted(set(languages) - {pivot})
         missing = [lg for lg in wanted if lg not in found]
         if missing:
@@ -209,7 +231,7 @@ def read_hf_dataset(path: str | Path, split: str = "train",
     if set(TSV_COLUMNS) <= cols:
         data = ds.select_columns(list(TSV_COLUMNS)).to_dict()
         for i, row in enumerate(zip(*(data[c] for c in TSV_COLUMNS)), 1):
-            sl, tl, s, t = (x if isinstance(x, str) else "" for x in row)
+            sl, tl, s, t = (_cell(x, c, path, i) for x, c in zip(row, TSV_COLUMNS))
             pairs.append(Pair(lang(sl, path, i), lang(tl, path, i),
                               _sentence(s, path, i, "src"), _sentence(t, path, i, "tgt")))
     elif "translation" in cols:
@@ -222,12 +244,19 @@ def read_hf_dataset(path: str | Path, split: str = "train",
                 keys = sorted(row) if isinstance(row, Mapping) else type(row).__name__
                 raise DataError(path, i, f"translation has keys {keys}",
                                 f"a dict with keys {sl!r} and {tl!r}")
-            s, t = (x if isinstance(x, str) else "" for x in (row[sl], row[tl]))
+            s, t = _cell(row[sl], sl, path, i), _cell(row[tl], tl, path, i)
             pairs.append(Pair(sl, tl, _sentence(s, path, i, sl), _sentence(t, path, i, tl)))
     else:
         raise DataError(path, None, f"missing columns (has: {', '.join(sorted(cols))})",
                         "columns src_lang, tgt_lang, src, tgt, or a 'translation' column")
     return pairs
+
+
+def _cell(value: Any, column: str, path: Path, row: int) -> str:
+    """A dataset cell that must be a string (None reads as empty: reported as an empty side)."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    raise DataError(path, row, f"{column} is a {type(value).__name__} ({value!r:.60})", "a string")
 
 
 # --------------------------------------------------------------------------- config entry point
@@ -255,6 +284,48 @@ def _infer_kind(path: Path) -> str:
     return "tsv"
 
 
+def _spec_str(cfg: dict[str, Any], key: str, default: str | None) -> str | None:
+    value = cfg.get(key)
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str):
+        raise ConfigError(f"corpus option {key!r} must be a string, got {value!r} "
+                          f"({type(value).__name__})")
+    return value
+
+
+def _spec_codes(cfg: dict[str, Any], key: str) -> list[str] | None:
+    """A list of language codes (a single string is one code), or None when absent."""
+    value = cfg.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, Mapping) or not isinstance(value, Iterable) or not all(
+            isinstance(v, str) for v in value):
+        raise ConfigError(f"corpus option {key!r} must be a list of language codes such as "
+                          f"['deu_Latn', 'fra_Latn'], got {value!r}")
+    return [str(v) for v in value]
+
+
+def _spec_bool(cfg: dict[str, Any], key: str) -> bool:
+    value = cfg.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):  # bool("false") is True: refuse rather than guess
+        raise ConfigError(f"corpus option {key!r} must be true or false, got {value!r}")
+    return value
+
+
+def _spec_path(value: Any) -> Path:
+    if not isinstance(value, (str, Path)):
+        raise ConfigError(f"corpus option 'path' must be a file or folder path, got {value!r}")
+    try:
+        return Path(value).expanduser()
+    except RuntimeError as e:  # "~user/..." for an unknown user
+        raise ConfigError(f"corpus path {str(value)!r}: {e}") from None
+
+
 def load_corpus(spec: Any) -> list[Pair]:
     """Load the corpus a config describes.
 
@@ -275,18 +346,21 @@ def load_corpus(spec: Any) -> list[Pair]:
     if unknown:
         raise ConfigError(f"unknown corpus option(s) {sorted(unknown)}; "
                           f"expected some of {sorted(_SPEC_KEYS)}")
-    if not cfg.get("path"):
+    if cfg.get("path") is None or cfg.get("path") == "":
         raise ConfigError("corpus spec needs a 'path'")
-    path = Path(str(cfg["path"])).expanduser()
-    kind = cfg.get("kind") or _infer_kind(path)
-    pivot = cfg.get("pivot") or PIVOT
-    allow = bool(cfg.get("allow_unknown_languages", False))
-    languages = cfg.get("languages")
+    path = _spec_path(cfg["path"])
+    kind = _spec_str(cfg, "kind", None) or _infer_kind(path)
+    pivot = _spec_str(cfg, "pivot", PIVOT)
+    split = _spec_str(cfg, "split", "train")
+    allow = _spec_bool(cfg, "allow_unknown_languages")
+    languages = _spec_codes(cfg, "languages")
+    translation_languages = _spec_codes(cfg, "translation_languages")
+    cap = cfg.get("max_pairs_per_language")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise ConfigError(f"max_pairs_per_language must be an integer >= 1 (or null), got {cap!r}")
     keep = None
     if languages is not None:
-        if isinstance(languages, str):
-            languages = [languages]
-        keep = {str(lg) for lg in languages}
+        keep = set(languages)
         for lg in sorted(keep):
             try:
                 check_language(lg, "corpus spec 'languages'", None, allow)
@@ -301,9 +375,7 @@ def load_corpus(spec: Any) -> list[Pair]:
         pairs = read_multiway(path, pivot=pivot, allow_unknown_languages=allow,
                               languages=None if keep is None else (keep - {pivot}) & have)
     elif kind == "hf":
-        tl = cfg.get("translation_languages")
-        pairs = read_hf_dataset(path, split=cfg.get("split") or "train",
-                                languages=None if tl is None else [str(x) for x in tl],
+        pairs = read_hf_dataset(path, split=split, languages=translation_languages,
                                 allow_unknown_languages=allow)
     else:
         raise ConfigError(f"unknown corpus kind {kind!r}; expected tsv, multiway or hf")
@@ -318,15 +390,12 @@ def load_corpus(spec: Any) -> list[Pair]:
         if not pairs:
             raise DataError(path, None, "no pairs left after the language filter",
                             f"pairs in languages {sorted(keep)}")
-    cap = cfg.get("max_pairs_per_language")
     if cap is not None:
-        if int(cap) < 1:
-            raise ConfigError(f"max_pairs_per_language must be >= 1, got {cap}")
         seen: Counter[str] = Counter()
         capped = []
         for p in pairs:
             lg = pair_language(p, pivot)
-            if seen[lg] < int(cap):
+            if seen[lg] < cap:
                 seen[lg] += 1
                 capped.append(p)
         pairs = capped

@@ -26,6 +26,7 @@ tests. BPE training is deterministic as it is.
 from __future__ import annotations
 
 import json
+import logging
 import unicodedata
 from collections import Counter
 from itertools import chain
@@ -38,10 +39,16 @@ from tokenizers import processors, trainers
 
 from clse.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 BOS, PAD, EOS, UNK, MASK = "<s>", "<pad>", "</s>", "<unk>", "<mask>"
 SPECIAL_TOKENS = (BOS, PAD, EOS, UNK)  # ids 0, 1, 2, 3; <mask> is added last
 MODELS = ("unigram", "bpe")
 MODEL_MAX_LENGTH = 512  # as XLM-R; the collator truncates to its own max_length anyway
+MIN_VOCAB_SIZE = 16
+# the trainers allocate per vocabulary entry up front: 10**9 aborts the process (a Rust OOM, no
+# Python exception); XLM-R has 250,002 entries, NLLB 256,206
+MAX_VOCAB_SIZE = 2 ** 20
 
 # Unigram trainer settings traded for speed (defaults: 1M seeds, shrink 0.75, 2 sub-iterations):
 # ~15 s instead of ~70 s on 100k multilingual Tatoeba lines on 2 CPU cores.
@@ -63,8 +70,12 @@ def _unigram(vocab: list[tuple[str, float]]) -> Tokenizer:
                                               byte_fallback=False)))
 
 
-def _rescore(trained: Tokenizer, texts: list[str]) -> Tokenizer:
-    """One deterministic hard-EM step: score = log(Viterbi count / total) over training words."""
+def _rescore(trained: Tokenizer, texts: list[str], limit: int) -> Tokenizer:
+    """One deterministic hard-EM step: score = log(Viterbi count / total) over training words.
+
+    The trainer can return a few more pieces than asked for (it keeps every character): the
+    lowest-scoring multi-character pieces are then dropped to keep ``limit`` entries in all.
+    """
     vocab = [(str(p), float(s)) for p, s in json.loads(trained.to_str())["model"]["vocab"]]
     k = len(SPECIAL_TOKENS)
     assert [p for p, _ in vocab[:k]] == list(SPECIAL_TOKENS), vocab[:k]
@@ -80,7 +91,89 @@ def _rescore(trained: Tokenizer, texts: list[str]) -> Tokenizer:
     score = np.log(np.maximum(count, 0.5) / max(count.sum(), 1.0))  # unused pieces: half a count
     rescored = sorted(((p, float(s)) for (p, _), s in zip(pieces, score)),
                       key=lambda v: (-v[1], v[0]))
+    excess = len(specials) + len(rescored) - limit
+    if excess > 0:
+        longer = [p for p, _ in rescored if len(p) > 1]
+        drop = set(longer[len(longer) - excess:]) if excess <= len(longer) else set(longer)
+        rescored = [v for v in rescored if v[0] not in drop]
+        if len(specials) + len(rescored) > limit:
+            raise _too_small(limit + 1, texts, "unigram")
     return _unigram(specials + rescored)
+
+
+def _training_texts(texts: Iterable[str]) -> list[str]:
+    """The texts to train on: checked, special-token strings blanked, blank texts skipped (the
+    skipped ones are counted and logged)."""
+    try:
+        items = list(texts)
+    except TypeError:
+        raise ConfigError(f"train_tokenizer needs an iterable of sentences, got "
+                          f"{type(texts).__name__}") from None
+    kept: list[str] = []
+    blank: list[int] = []
+    for i, t in enumerate(items):
+        if not isinstance(t, str):
+            raise ConfigError(f"tokenizer training text {i} is a {type(t).__name__} ({t!r:.60}), "
+                              f"expected a str")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:  # lone surrogates (e.g. from surrogateescape decoding)
+            raise ConfigError(f"tokenizer training text {i} is not valid Unicode: {e.reason} "
+                              f"at character {e.start} ({t[e.start:e.end]!r})") from None
+        t = _without_specials(t)
+        if not t or t.isspace():
+            blank.append(i)
+            continue
+        kept.append(t)
+    if blank:
+        shown = ", ".join(str(i) for i in blank[:10]) + (", ..." if len(blank) > 10 else "")
+        log.warning("train_tokenizer: skipped %d of %d texts that are empty, whitespace only "
+                    "or special tokens only (indices %s)", len(blank), len(items), shown)
+    if not kept:
+        raise ConfigError(f"cannot train a tokenizer on no text ({len(items)} texts, all empty, "
+                          f"whitespace only or special tokens only)")
+    return kept
+
+
+def _without_specials(text: str) -> str:
+    """``text`` with the special tokens' strings (``<mask>``, ``<s>``, ...) replaced by spaces.
+
+    When encoding, those strings are split off as special tokens before the model sees the text;
+    learnt from the text as pieces they would collide with the special tokens (a ``<mask>``
+    piece takes a low id, and ``<mask>`` would no longer be the last id). NFKC can make them
+    from look-alikes (``＜mask＞``), so they are looked for after NFKC.
+    """
+    if "<" not in text and "\uff1c" not in text and "\ufe64" not in text:  # the common case
+        return text
+    normal = unicodedata.normalize("NFKC", text)
+    if not any(sp in normal for sp in (*SPECIAL_TOKENS, MASK)):
+        return text
+    for sp in (*SPECIAL_TOKENS, MASK):
+        normal = normal.replace(sp, " ")
+    return normal
+
+
+def _alphabet(texts: list[str]) -> set[str]:
+    """The characters the trainers must keep: those of the NFKC-normalised words, and ``▁``."""
+    return {c for t in texts for c in unicodedata.normalize("NFKC", t) if not c.isspace()} | {"▁"}
+
+
+def _too_small(vocab_size: int, texts: list[str], model: str) -> ConfigError:
+    k = len(_alphabet(texts))
+    return ConfigError(f"tokenizer vocab_size {vocab_size} is too small for the training text: "
+                       f"it has about {k} distinct characters and a {model} tokenizer keeps "
+                       f"each one, plus {len(SPECIAL_TOKENS) + 1} special tokens; use "
+                       f"vocab_size >= {k + len(SPECIAL_TOKENS) + 1} (or less varied text)")
+
+
+def _train(tok: Tokenizer, texts: list[str], trainer: Any, vocab_size: int, model: str) -> None:
+    try:
+        tok.train_from_iterator(texts, trainer)
+    except Exception as e:  # the Rust trainers raise a bare Exception
+        if "not large enough" in str(e):
+            raise _too_small(vocab_size, texts, model) from None
+        raise ConfigError(f"tokenizer training failed ({model}, vocab_size {vocab_size}, "
+                          f"{len(texts)} texts): {e}") from None
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, save_dir: str | Path | None = None,
@@ -98,29 +191,45 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, save_dir: str | Path 
     Returns:
         A ``transformers.PreTrainedTokenizerFast`` with bos/cls ``<s>``, eos/sep ``</s>``,
         pad ``<pad>``, unk ``<unk>`` and mask ``<mask>``.
+
+    Empty and whitespace-only texts are skipped (counted in a warning). The special tokens'
+    strings (``<mask>``, ...) in a text are left out of training: encoding splits them off.
+
+    Raises:
+        ConfigError: an unknown model; a ``vocab_size`` that is not an integer in
+            [16, 2**20] or too small for the text's characters; texts that are not strings,
+            hold lone surrogates or are all blank.
     """
     from transformers import PreTrainedTokenizerFast
 
-    if model not in MODELS:
+    if not isinstance(model, str) or model not in MODELS:
         raise ConfigError(f"unknown tokenizer model {model!r}; expected one of {MODELS}")
-    if vocab_size < 16:
-        raise ConfigError(f"tokenizer vocab_size must be >= 16, got {vocab_size}")
-    texts = [t for t in texts if t and not t.isspace()]
-    if not texts:
-        raise ConfigError("cannot train a tokenizer on no text")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
+        raise ConfigError(f"tokenizer vocab_size must be an integer, got {vocab_size!r} "
+                          f"({type(vocab_size).__name__})")
+    vocab_size = int(vocab_size)
+    if not MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
+        raise ConfigError(f"tokenizer vocab_size must be >= {MIN_VOCAB_SIZE} and "
+                          f"<= {MAX_VOCAB_SIZE:,}, got {vocab_size}")
+    if isinstance(texts, (str, bytes)):
+        raise ConfigError("train_tokenizer needs an iterable of sentences, got a single "
+                          f"{type(texts).__name__} (it would train on its characters)")
+    texts = _training_texts(texts)
 
     n = vocab_size - 1  # room for <mask>, added last
     if model == "unigram":
         tok = _pipeline(Tokenizer(models.Unigram()))
         trainer = trainers.UnigramTrainer(vocab_size=n, special_tokens=list(SPECIAL_TOKENS),
                                           unk_token=UNK, show_progress=False, **_UNIGRAM_FAST)
-        tok.train_from_iterator(texts, trainer)
-        tok = _rescore(tok, texts)
+        _train(tok, texts, trainer, vocab_size, model)
+        tok = _rescore(tok, texts, n)
     else:
         tok = _pipeline(Tokenizer(models.BPE(unk_token=UNK)))
         trainer = trainers.BpeTrainer(vocab_size=n, special_tokens=list(SPECIAL_TOKENS),
                                       show_progress=False)
-        tok.train_from_iterator(texts, trainer)
+        _train(tok, texts, trainer, vocab_size, model)
+        if tok.get_vocab_size() > n:  # BPE keeps every character, whatever vocab_size says
+            raise _too_small(vocab_size, texts, model)
     tok.add_special_tokens([AddedToken(t, special=True) for t in (*SPECIAL_TOKENS, MASK)])
     assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3]
     tok.post_processor = processors.TemplateProcessing(
@@ -136,13 +245,28 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, save_dir: str | Path 
 
 
 def load_tokenizer(path_or_name: str | Path) -> Any:
-    """Load a tokenizer from a local folder or a Hub id with ``AutoTokenizer`` (no remote code)."""
+    """Load a tokenizer from a local folder or a Hub id with ``AutoTokenizer`` (no remote code).
+
+    Raises:
+        ConfigError: an empty name, or anything that fails while loading (missing or malformed
+            files: ``transformers`` and ``tokenizers`` raise many exception types for those).
+    """
     from transformers import AutoTokenizer
 
-    local = Path(path_or_name).expanduser()
-    name = str(local) if local.exists() else str(path_or_name)
+    if not isinstance(path_or_name, (str, Path)) or not str(path_or_name).strip():
+        raise ConfigError(f"tokenizer: expected a folder or a Hub name, got {path_or_name!r}")
     try:
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        where = "local folder" if local.exists() else "not a local folder, and the Hub"
-        raise ConfigError(f"cannot load tokenizer {str(path_or_name)!r} ({where}): {e}") from None
+        local = Path(path_or_name).expanduser()
+        exists = local.exists()
+    except (RuntimeError, ValueError, OSError):  # "~nouser/...", a NUL byte, a too-long name
+        local, exists = Path(path_or_name), False
+    name = str(local) if exists else str(path_or_name)
+    try:
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+        tok(["a b"], truncation=True)  # a malformed config can load and fail on first use only
+        return tok
+    except Exception as e:  # KeyError, TypeError, AttributeError, tokenizers' Exception, ...
+        where = "local folder" if exists else "not a local folder, and the Hub"
+        detail = str(e).strip() or type(e).__name__
+        raise ConfigError(f"cannot load tokenizer {str(path_or_name)!r} ({where}): "
+                          f"{type(e).__name__}: {detail}") from None

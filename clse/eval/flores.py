@@ -31,23 +31,30 @@ def load_multiway(split_dir: str | Path, languages: Sequence[str]) -> dict[str, 
     Returns:
         ``{lang: sentences}`` in the order of ``languages``; all lists have the same length.
 
+    Lines are split at line feeds only (U+2028 / U+0085 inside a sentence are kept), a carriage
+    return before a line feed is dropped, and so is a UTF-8 byte-order mark at the start of a
+    file. Empty lines are kept (as empty sentences).
+
     Raises:
-        DataError: a file is missing or its line count differs from the first file's.
+        DataError: a file is missing, empty, not valid UTF-8 (``file:line``) or its line count
+            differs from the first file's.
     """
+    from clse.data.readers import _lines
+
     split_dir = Path(split_dir)
+    if isinstance(languages, str):  # one language, not its characters
+        languages = [languages]
     out: dict[str, list[str]] = {}
     first: tuple[Path, int] | None = None
     for lang in dict.fromkeys(languages):  # drop duplicates, keep order
+        if not isinstance(lang, str) or not lang or "/" in lang or "\0" in lang:
+            raise DataError(split_dir, None, f"invalid language {lang!r}",
+                            "a language code naming a <lang>.txt file, such as 'deu_Latn'")
         path = split_dir / f"{lang}.txt"
         if not path.is_file():
             raise DataError(path, None, f"no file for language {lang!r}",
                             expected=f"one <lang>.txt per language in {split_dir}")
-        # split on "\n" only: str.splitlines would also break on U+2028 / U+0085 inside sentences
-        text = path.read_text(encoding="utf-8")
-        lines = text.split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()  # the final newline
-        lines = [line.rstrip("\r") for line in lines]
+        lines = [text for _, text in _lines(path)]  # strict UTF-8, named file:line on errors
         if first is None:
             first = (path, len(lines))
         elif len(lines) != first[1]:
@@ -90,7 +97,10 @@ def evaluate_xsim(encode: Callable[[list[str]], np.ndarray], sentences: dict[str
         raise ClseError("xsim needs at least one source language besides the target")
 
     tgt_texts = list(sentences[target])
+    if not tgt_texts:
+        raise ClseError(f"xsim: {target} has no sentences")
     tgt_emb = _encode(encode, tgt_texts, target)
+    check_sentence_count(tgt_texts, target, k, margin, "xsim")
     metrics: dict[str, float] = {}
     bar = tqdm(langs, desc=f"xsim ->{target}", unit="lang", disable=bars_off(progress),
                leave=False)
@@ -106,6 +116,17 @@ def evaluate_xsim(encode: Callable[[list[str]], np.ndarray], sentences: dict[str
         bar.set_postfix_str(f"{lang} {rate:.2f}%")
     metrics["xsim/avg"] = float(np.mean([metrics[f"xsim/{lang}"] for lang in langs]))
     return metrics
+
+
+def check_sentence_count(texts: Sequence[str], lang: str, k: int, margin: str,
+                         what: str) -> None:
+    """A margin over k neighbours needs at least k sentences (and any search at least one)."""
+    n = len(texts)
+    if n == 0:
+        raise ClseError(f"{what}: {lang} has no sentences")
+    if margin != "absolute" and isinstance(k, int) and k > n:
+        raise ClseError(f"{what}: {lang} has {n} sentence(s), fewer than k={k} (the margin's "
+                        f"neighbourhood size): use more sentences (max_sentences) or a smaller k")
 
 
 def _encode(encode: Callable[[list[str]], np.ndarray], texts: list[str], lang: str):

@@ -240,12 +240,20 @@ def generate_hard_negatives(sentences: Sequence[str], *, seed: int = 0,
     Raises:
         ConfigError: an unknown type or ``per_type < 1``.
     """
+    if isinstance(types, str):  # one type, not its characters
+        types = [types]
     types = list(dict.fromkeys(types))
     unknown = [t for t in types if t not in ERROR_TYPES]
     if unknown:
         raise ConfigError(f"unknown hard-negative types {unknown}; choose from {ERROR_TYPES}")
-    if per_type < 1:
-        raise ConfigError(f"per_type must be >= 1, got {per_type}")
+    if isinstance(per_type, bool) or not isinstance(per_type, int) or per_type < 1:
+        raise ConfigError(f"per_type must be an integer >= 1, got {per_type!r}")
+    if isinstance(sentences, str):
+        raise ConfigError("generate_hard_negatives needs a list of sentences, got a single str")
+    sentences = list(sentences)
+    bad = next((i for i, s in enumerate(sentences) if not isinstance(s, str)), None)
+    if bad is not None:
+        raise ConfigError(f"sentence {bad} is a {type(sentences[bad]).__name__}, expected a str")
     pool = _EntityPool(sentences) if "entity" in types else None
     seen = set(sentences)
     out: list[HardNegative] = []
@@ -296,13 +304,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--per-type", type=int, default=1)
     parser.add_argument("--types", default=",".join(ERROR_TYPES))
     args = parser.parse_args(argv)
-    text = args.english.read_text(encoding="utf-8")
-    sentences = [line.rstrip("\r") for line in text.split("\n")]
-    if sentences and sentences[-1] == "":
-        sentences.pop()
-    negatives = generate_hard_negatives(sentences, seed=args.seed, per_type=args.per_type,
-                                        types=[t for t in args.types.split(",") if t])
-    aug, errtype = write_augmented(negatives, args.out_dir, args.split, args.lang)
+    from clse.data.readers import _lines
+    from clse.errors import ClseError
+
+    try:  # a user error is one line and exit status 2, as the clse command does
+        sentences = [text for _, text in _lines(args.english)]  # strict UTF-8, file:line
+        negatives = generate_hard_negatives(sentences, seed=args.seed, per_type=args.per_type,
+                                            types=[t for t in args.types.split(",") if t])
+        aug, errtype = write_augmented(negatives, args.out_dir, args.split, args.lang)
+    except ClseError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    except OSError as exc:  # the output folder cannot be written
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     print(f"{len(negatives)} variants of {len(sentences)} sentences -> {aug}, {errtype}")
 
 

@@ -23,7 +23,7 @@ Chinese: both only approximate their FLORES counterparts ``srp_Cyrl`` and ``zho_
 
 from __future__ import annotations
 
-import csv
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,6 +37,7 @@ from clse.eval.xsim import MARGINS, margin_nn
 from clse.progress import bars_off
 
 PIVOT = "eng"
+log = logging.getLogger("clse.eval")
 
 
 @dataclass(frozen=True)
@@ -50,24 +51,45 @@ class LangmapRow:
 
 
 def load_langmap(path: str | Path) -> list[LangmapRow]:
-    """Read ``langmap.tsv`` (header ``flores200_code, language, tatoeba_v1_code, ...``)."""
+    """Read ``langmap.tsv`` (header ``flores200_code, language, tatoeba_v1_code, ...``).
+
+    Tab-separated, one row a line, no quoting; a UTF-8 byte-order mark is ignored. Blank lines
+    are skipped, and counted in a warning.
+
+    Raises:
+        DataError: a missing, empty or non-UTF-8 file, a header without the needed columns, or a
+            row without a ``flores200_code`` (``file:line``).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, None, "file not found", "langmap.tsv from the shared data folder")
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        needed = {"flores200_code", "language", "tatoeba_v1_code"}
-        if not needed <= set(reader.fieldnames or []):
-            raise DataError(path, 1, f"header {reader.fieldnames} lacks {sorted(needed)}",
-                            "a tab-separated header with flores200_code and tatoeba_v1_code")
-        rows = []
-        for line, rec in enumerate(reader, 2):
-            code = (rec["tatoeba_v1_code"] or "").strip()
-            if not rec["flores200_code"]:
-                raise DataError(path, line, "empty flores200_code", "a FLORES-200 code")
-            rows.append(LangmapRow(rec["flores200_code"].strip(), (rec["language"] or "").strip(),
-                                   code.rstrip("*") if code not in ("", "-") else None,
-                                   code.endswith("*")))
+    lines = _lines(path)  # strict UTF-8, file:line on errors, "file is empty"
+    _, header_text = next(lines)
+    header = [h.strip() for h in header_text.split("\t")]
+    needed = ("flores200_code", "language", "tatoeba_v1_code")
+    if not set(needed) <= set(header):
+        raise DataError(path, 1, f"header {header} lacks {sorted(set(needed) - set(header))}",
+                        "a tab-separated header with flores200_code and tatoeba_v1_code")
+    col = {name: header.index(name) for name in needed}
+    rows, blank = [], []
+    for line, text in lines:
+        if not text.strip():
+            blank.append(line)
+            continue
+        fields = text.split("\t")
+
+        def get(name: str) -> str:
+            return fields[col[name]].strip() if col[name] < len(fields) else ""
+
+        flores, code = get("flores200_code"), get("tatoeba_v1_code")
+        if not flores:
+            raise DataError(path, line, "empty flores200_code",
+                            f"a FLORES-200 code in column {col['flores200_code'] + 1}")
+        tatoeba = code.rstrip("*") if code not in ("", "-") else None
+        rows.append(LangmapRow(flores, get("language"), tatoeba or None, code.endswith("*")))
+    if blank:
+        log.warning("%s: skipped %d blank line(s) (lines %s)", path, len(blank),
+                    ", ".join(map(str, blank[:10])) + (", ..." if len(blank) > 10 else ""))
     return rows
 
 
@@ -96,6 +118,8 @@ def resolve_languages(requested: Sequence[str] | None, langmap: Sequence[Langmap
         ConfigError: a FLORES code without a Tatoeba set, or a code with no files.
     """
     by_flores = {row.flores: row for row in langmap}
+    if isinstance(requested, str):  # one language, not its characters
+        requested = [requested]
     if requested is None:
         have = set(available)
         return [row.tatoeba for row in langmap if row.tatoeba is not None and row.tatoeba in have]
@@ -124,6 +148,12 @@ def load_pair(folder: str | Path, code: str,
         DataError: a missing or empty file, invalid UTF-8, an empty line, or unequal line counts
             (``file:line`` where it applies).
     """
+    if max_sentences is not None and (isinstance(max_sentences, bool)
+                                      or not isinstance(max_sentences, int) or max_sentences < 1):
+        raise ConfigError(f"tatoeba max_sentences must be an integer >= 1 or null, "
+                          f"got {max_sentences!r}")
+    if not isinstance(code, str) or not code or "/" in code or "\0" in code:
+        raise ConfigError(f"tatoeba: invalid language code {code!r}")
     folder = Path(folder)
     x_path = folder / f"tatoeba.{code}-{PIVOT}.{code}"
     e_path = folder / f"tatoeba.{code}-{PIVOT}.{PIVOT}"
@@ -173,6 +203,8 @@ def evaluate_tatoeba(encoder: Any, folder: str | Path, codes: Sequence[str], *,
     """
     if margin not in MARGINS:
         raise ConfigError(f"tatoeba margin {margin!r} is unknown; choose one of {MARGINS}")
+    if isinstance(codes, str):  # one language, not its characters
+        codes = [codes]
     if not codes:
         raise ClseError("tatoeba: no languages to evaluate")
     from tqdm.auto import tqdm

@@ -35,6 +35,7 @@ import numpy as np
 
 from clse.data.readers import _lines
 from clse.errors import ClseError, DataError
+from clse.eval.flores import check_sentence_count
 from clse.eval.xsim import margin_nn
 from clse.progress import bars_off
 
@@ -63,9 +64,14 @@ class Augmented:
             self.types = sorted({t for t in self.errtypes if t != UNKNOWN})
 
     def restrict(self, targets: Sequence[str]) -> Augmented:
-        """Only the variants of sentences in ``targets`` (e.g. after ``max_sentences``)."""
+        """Only the variants of sentences in ``targets`` (e.g. after ``max_sentences``).
+
+        Lines the json does not describe (``src`` None) are kept: nothing says which sentence
+        they vary, so they stay in the search as untyped distractors (a pick of one is
+        ``misaligned``), as :func:`load_augmented` warns.
+        """
         keep = set(targets)
-        rows = [i for i, src in enumerate(self.srcs) if src in keep]
+        rows = [i for i, src in enumerate(self.srcs) if src is None or src in keep]
         return Augmented([self.texts[i] for i in rows], [self.errtypes[i] for i in rows],
                          [self.srcs[i] for i in rows], self.origin, list(self.types))
 
@@ -83,15 +89,29 @@ def load_augmented(augmented_file: str | Path, errtype_file: str | Path) -> Augm
             raise DataError(aug_path, n, "empty line", "one augmented sentence per line")
         texts.append(text)
     if not json_path.is_file():
-        raise DataError(json_path, None, "file not found", "the xsim++ error-type json")
+        problem = "is a folder, not a file" if json_path.is_dir() else "file not found"
+        raise DataError(json_path, None, problem, "the xsim++ error-type json")
     try:
-        table = json.loads(json_path.read_text(encoding="utf-8"))
+        raw = json_path.read_bytes()
+    except OSError as exc:
+        raise DataError(json_path, None, f"cannot read: {exc.strerror or exc}",
+                        "a readable UTF-8 JSON file") from None
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark is not an error
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DataError(json_path, line, f"invalid UTF-8 ({exc.reason}: "
+                        f"{raw[exc.start:exc.start + 4]!r})", "UTF-8 JSON") from None
+    try:
+        table = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(json_path, exc.lineno, f"invalid JSON: {exc.msg}",
                         '{"<augmented sentence>": {"errtype": "...", "src": "<original>"}}') \
             from None
-    except UnicodeDecodeError as exc:
-        raise DataError(json_path, None, f"invalid UTF-8 ({exc.reason})", "UTF-8 JSON") from None
+    except RecursionError:
+        raise DataError(json_path, None, "invalid JSON: nested too deeply",
+                        '{"<augmented sentence>": {"errtype": "...", "src": "<original>"}}') \
+            from None
     if not isinstance(table, dict):
         raise DataError(json_path, None, f"top level is a {type(table).__name__}",
                         "an object mapping each augmented sentence to {errtype, src}")
@@ -112,8 +132,10 @@ def load_augmented(augmented_file: str | Path, errtype_file: str | Path) -> Augm
         errtypes.append(errtype)
         srcs.append(src)
     if missing:
-        log.warning("%s: %d augmented line(s) (first: line %d) are not in %s; errors on them "
-                    "count as %s", aug_path, len(missing), missing[0], json_path, MISALIGNED)
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        log.warning("%s: %d augmented line(s) (first: line %d; lines %s) are not in %s; they "
+                    "stay in the search untyped, and errors on them count as %s", aug_path,
+                    len(missing), missing[0], shown, json_path, MISALIGNED)
     types = sorted({errtype for errtype, _ in info.values()})
     return Augmented(texts, errtypes, srcs, f"{aug_path} + {json_path.name}", types)
 
@@ -198,12 +220,17 @@ def evaluate_xsimpp(encode: Callable[[list[str], str], np.ndarray],
     if missing or not langs:
         raise ClseError(f"xsim++ languages {missing or '(none)'} are not in the evaluation set")
     tgt_texts = list(sentences[target])
+    check_sentence_count(tgt_texts, target, k, margin, "xsim++")
     full = len(aug.texts)
     aug = aug.restrict([t.strip() for t in tgt_texts])
-    if not aug.texts:
+    if not any(src is not None for src in aug.srcs):
         raise ClseError(f"none of the {full} augmented sentences ({aug.origin}) is a variant of "
                         f"these {len(tgt_texts)} {target} targets: the augmented files belong to "
                         f"another split or language (the official ones are for devtest)")
+    if len(aug.texts) < full:
+        log.info("xsim++: %d of the %d augmented sentences are variants of these %d %s targets; "
+                 "the other %d (variants of other sentences) are left out", len(aug.texts), full,
+                 len(tgt_texts), target, full - len(aug.texts))
     tgt_emb = encode(tgt_texts, target)
     aug_emb = encode(aug.texts, f"{target} augmented")
     metrics: dict[str, float] = {}

@@ -74,6 +74,9 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
     from clse.data.batching import planner_from_config
     from clse.data.sampling import LanguageSampler
 
+    from clse.config import validate_train_config
+
+    validate_train_config(cfg)  # wrong types and ranges: one ConfigError naming the key
     tcfg = cfg.trainer
     run_dir = Path(run_dir)
     seed_everything(cfg.seed, tcfg.deterministic)  # the same initial weights on every rank
