@@ -9,6 +9,9 @@ A checkpoint is a folder ``step_XXXXXXXX/`` holding:
 
 It is written into ``.tmp-step_XXXXXXXX`` and renamed into place, so a reader sees either a
 complete checkpoint or none. A folder whose manifest is missing or does not match is skipped.
+Deleting is the same in reverse: a checkpoint is renamed to ``.trash-step_XXXXXXXX`` before it is
+removed, so a kill in the middle of a deletion never leaves a half-deleted ``step_*`` folder.
+Leftovers of killed writes and deletions (``.tmp-*``, ``.trash-*``) are removed at the next save.
 """
 
 from __future__ import annotations
@@ -36,11 +39,37 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make a folder's entries (creations, renames) durable; best effort where unsupported."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*")):
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
+        elif path.is_dir():
+            _fsync_dir(path)
+    _fsync_dir(root)
+
+
+def _to_trash(path: Path) -> Path:
+    """Rename ``path`` out of the ``step_*`` namespace (atomic); the caller deletes the result."""
+    trash = path.with_name(f".trash-{path.name}")
+    if trash.exists():  # the leftover of a deletion that a kill interrupted
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    return trash
 
 
 @dataclass
@@ -87,10 +116,15 @@ def save_checkpoint(ckpt_dir: Path, *, step: int, encoder, tokenizer, extra_modu
     files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     (tmp / MANIFEST).write_text(json.dumps(files, indent=2))
     _fsync_tree(tmp)
-    if final.exists():
-        shutil.rmtree(final)
+    # the same step written again (a resume that skipped a broken step_N, or a new run in a used
+    # folder): move the old one aside by renaming, never delete it in place, so that a kill leaves
+    # no half-deleted step_N (the step is absent only between the two renames)
+    trash = _to_trash(final) if final.exists() else None
     os.replace(tmp, final)
-    _prune(ckpt_dir, keep)
+    _fsync_dir(ckpt_dir)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+    _prune(ckpt_dir, keep, newest=final)
     return final
 
 
@@ -118,10 +152,26 @@ def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     return sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step_"))
 
 
-def _prune(ckpt_dir: Path, keep: int) -> None:
-    good = [p for p in list_checkpoints(ckpt_dir) if verify(p) is None]
-    for old in good[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+def _prune(ckpt_dir: Path, keep: int, newest: Path | None = None) -> None:
+    """Delete all but the ``keep`` newest intact checkpoints up to ``newest`` (the one just
+    written) and the leftovers of killed writes and deletions (one writer per folder: rank 0).
+
+    Only intact checkpoints count towards ``keep``, so a broken one never pushes the last good one
+    out. Checkpoints of later steps than ``newest`` (another run's, when a run was started or
+    resumed from an earlier step in a used folder) are neither counted nor deleted: counting them
+    would delete the checkpoint just written.
+    """
+    for leftover in ckpt_dir.iterdir():
+        if leftover.name.startswith((".tmp-step_", ".trash-step_")) and leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+    if keep <= 0:
+        return
+    ckpts = list_checkpoints(ckpt_dir)
+    if newest is not None:
+        ckpts = [p for p in ckpts if p.name <= newest.name]
+    good = [p for p in ckpts if verify(p) is None]
+    for old in good[:-keep]:
+        shutil.rmtree(_to_trash(old), ignore_errors=True)
 
 
 def find_resumable(path: str | Path) -> Path:
