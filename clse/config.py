@@ -108,6 +108,13 @@ def _bool():
     return (lambda v: isinstance(v, bool)), "true or false"
 
 
+def _compile_option():
+    from clse.train.compiling import BACKENDS
+
+    return (lambda v: isinstance(v, bool) or v in BACKENDS), \
+        f"true, false or a torch.compile backend ({', '.join(BACKENDS)})"
+
+
 def _str(null: bool = False):
     return (lambda v: (v is None and null) or (isinstance(v, str) and v.strip() != "")), \
         "a non-empty string" + (" or null" if null else "")
@@ -165,7 +172,7 @@ TRAIN_SCHEMA: dict[str, tuple] = {
     "trainer.grad_accum": _int(1),
     "trainer.clip_norm": _number(0, low_open=True, note=" (inf: no clipping)", inf=True),
     "trainer.precision": _choice("auto", "fp32", "bf16", "fp16"),
-    "trainer.compile": _bool(),
+    "trainer.compile": _compile_option(),
     "trainer.strategy": _choice("ddp", "fsdp"),
     "trainer.grad_cache_chunk": _int(1, null=True),
     "trainer.nonfinite": _choice("stop", "skip"),

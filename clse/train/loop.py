@@ -26,6 +26,7 @@ from clse.eval.runner import run_evaluators
 from clse.model import packing
 from clse.progress import bars_off
 from clse.train import checkpoint as ckpt
+from clse.train import compiling
 from clse.train import parallel
 from clse.train.grad_cache import batch_encoder, grad_cache_backward
 from clse.train.build import (autocast_dtype, build_components, load_pairs, resolve_device,
@@ -112,12 +113,15 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
     # packed attention: the objective's views call `forward_model`; evaluation calls `model` padded
     forward_model = packing.configure_packing(model, extra, mode=cfg.encoder.get("packing", "auto"),
                                       backend=cfg.encoder.get("packing_backend", "auto"))
-    if tcfg.get("compile"):  # dynamic: packed rows change length every step
-        forward_model = torch.compile(forward_model, dynamic=True)
+    packed = isinstance(forward_model, packing.PackedEncoder)
+    packing_tag = packing.describe(forward_model, device, dtype)
+    backend = compiling.backend_of(tcfg.get("compile", False))
+    if backend is not None:
+        forward_model = compiling.CompiledEncoder(forward_model, backend)
     collate = Collator(comp.encoder.tokenizer, max_length=cfg.data.max_length)
     token_cost = cfg.data.get("token_cost", "auto")
     if token_cost == "auto":  # what a batch costs: real tokens when packed, else its padded size
-        token_cost = "packed" if isinstance(forward_model, packing.PackedEncoder) else "padded"
+        token_cost = "packed" if packed else "padded"
     planner = planner_from_config({**cfg.data, "token_cost": token_cost}, sampler, pairs,
                                   comp.encoder.tokenizer, rank=rank, world_size=world)
     grad_cache = tcfg.get("grad_cache_chunk")
@@ -167,7 +171,7 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
     n_params = sum(p.numel() for p in params) * (world if replicas.sharded else 1)
     if tracker is not None:
         tracker.set_tags({"clse.params": str(n_params), "clse.encoder": comp.encoder.source,
-                          "clse.packing": packing.describe(forward_model, device, dtype),
+                          "clse.packing": packing_tag,
                           "clse.resumed_from": str(resume_from or ""),
                           "clse.world_size": str(world), "clse.strategy": strategy})
         tracker.log_metrics({f"data/p_{k}": v for k, v in sampler.probabilities().items()}, step=0)

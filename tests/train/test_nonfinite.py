@@ -108,5 +108,5 @@ def test_unknown_policy_is_a_config_error(tmp_path):
     from clse.errors import ConfigError
     from clse.train.loop import train
 
-    with pytest.raises(ConfigError, match="trainer.nonfinite must be stop or skip"):
+    with pytest.raises(ConfigError, match="trainer.nonfinite must be one of stop, skip"):
         train(compose_cfg(COMMON + ["trainer.nonfinite=ignore"]), tmp_path)
