@@ -4,6 +4,7 @@
 * ``clse eval model=<run | folder | hub name> [eval=[xsim,tatoeba,mexa]] [key=value ...]``
 * ``clse plugins [--json]``: every plugin with its kind, name and providing package
 * ``clse export CHECKPOINT OUT``: Hugging Face + SentenceTransformers folders from a checkpoint
+* ``clse report GRID``: an ablation grid's runs as the paper's table and plot (clse.report)
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ commands:
   plugins [--json]        list the plugins (kind, name, providing package)
   export CKPT OUT         export a checkpoint as Hugging Face + SentenceTransformers folders
   tracking replay FILE    send the metrics spooled while the MLflow store was unreachable
+  report GRID [...]       an ablation grid's runs as the paper's table + plot
+                          (clse report table11; --from CSV rebuilds it without MLflow)
 """
 
 
@@ -82,8 +85,15 @@ def _train_task(cfg) -> float | None:
     try:
         tags = {"clse.objective": cfg.objective.name, "clse.alignment": cfg.alignment.name,
                 "clse.run_dir": str(run_dir)}
-        with tracker.start(experiment=cfg.tracking.experiment, run_name=cfg.run_name, config=cfg, tags=tags):
+        parent, done = _grid_cell(cfg, tracker, tags)
+        if done is not None:
+            return done
+        with tracker.start(experiment=cfg.tracking.experiment, run_name=cfg.run_name, config=cfg,
+                           tags=tags, parent_run_id=parent):
             result = train(cfg, run_dir, tracker=tracker)
+            if result.steps < cfg.trainer.steps:  # trainer.stop_after: a simulated kill
+                tracker.end("KILLED", reason=f"stopped after step {result.steps} "
+                                             f"(trainer.stop_after)")
     except Exception as exc:
         user_error = _user_error(exc)
         if user_error is None:
@@ -103,6 +113,43 @@ def _train_task(cfg) -> float | None:
     if result.export_dir is not None:
         print(f"clse: exported model: {result.export_dir}")
     return summary.get(f"{cfg.eval.final_split}/xsim/avg")
+
+
+def _grid_cell(cfg, tracker, tags: dict) -> tuple[str | None, float | None]:
+    """For a cell of an ablation grid (clse.grid): ``(parent run id, None)`` to train it, with
+    its tags added and ``trainer.resume`` set when an interrupted run of it left a checkpoint; or
+    ``(None, its metric)`` when a finished run of the same config and seed exists (skipped)."""
+    from omegaconf import open_dict
+
+    from clse import distributed, grid
+
+    cell = grid.cell_of(cfg)
+    if cell is None:
+        return None, None
+    tags.update(cell.tags())
+    plan = grid.Plan()
+    if tracker.enabled:  # rank 0 looks the cell up; every rank follows its plan
+        client, experiment_id = tracker.store(cfg.tracking.experiment)
+        plan = grid.plan_cell(client, experiment_id, cell, tracker.uri, cfg.grid.get("title"),
+                              rerun=bool(cfg.grid.get("rerun", False)))
+    elif distributed.rank() == 0:
+        log.warning("%s: tracking is off, so finished cells cannot be found and skipped", cell)
+    finished = plan.finished.info.run_id if plan.finished is not None else None
+    metric = plan.finished.data.metrics.get(f"{cfg.eval.final_split}/xsim/avg") if finished else None
+    if distributed.is_distributed():
+        finished, metric, plan.resume_dir = distributed.broadcast_object(
+            (finished, metric, plan.resume_dir))
+    if finished is not None:
+        if distributed.rank() == 0:
+            print(f"clse: {cell} is done already (MLflow run {finished}, config {cell.hash}): "
+                  f"skipped; grid.rerun=true trains it again")
+        return None, (metric if metric is not None else float("nan"))
+    if plan.resume_dir and not cfg.trainer.get("resume"):
+        if distributed.rank() == 0:
+            print(f"clse: {cell} was interrupted: resuming from {plan.resume_dir}")
+        with open_dict(cfg):
+            cfg.trainer.resume = plan.resume_dir
+    return plan.parent_run_id, None
 
 
 def _check_disabled(argv: list[str]) -> None:
@@ -289,8 +336,39 @@ def run_tracking(argv: list[str]) -> int:
     return 0
 
 
+def run_report(argv: list[str]) -> int:
+    """``clse report GRID [overrides] [--from CSV] [--export CSV] [--out DIR]``."""
+    parser = argparse.ArgumentParser(
+        prog="clse report", description="an ablation grid's tracked runs as the paper's table "
+        "(Markdown) and a plot, beside the paper's numbers")
+    parser.add_argument("grid", help="the grid's experiment config: table5, table6, table11, "
+                                     "table12 or your own configs/experiment/<name>.yaml")
+    parser.add_argument("overrides", nargs="*", help="the overrides the sweep ran with "
+                                                     "(they change the cells' config hashes)")
+    parser.add_argument("--from", dest="from_csv", type=Path, default=None,
+                        help="read the runs from a CSV written by --export, not from MLflow")
+    parser.add_argument("--export", type=Path, default=None,
+                        help="also write the grid's runs (params, metrics, tags) to this CSV")
+    parser.add_argument("--out", type=Path, default=Path("reports"),
+                        help="folder for <grid>.md and <grid>.png (default: reports/)")
+    parser.add_argument("--uri", default=None, help="MLflow tracking URI (default: as clse train)")
+    parser.add_argument("--experiment", default=None,
+                        help="MLflow experiment (default: the grid config's tracking.experiment)")
+    parser.add_argument("--paper", type=Path, default=None,
+                        help="the paper's numbers (default: experiments/paper_numbers.yaml)")
+    args = parser.parse_args(argv)
+    from clse.report import report
+
+    paths = report(args.grid, args.out, overrides=args.overrides, from_csv=args.from_csv,
+                   export=args.export, uri=args.uri, experiment=args.experiment,
+                   paper_file=args.paper)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
 COMMANDS = {"train": run_train, "eval": run_eval, "plugins": run_plugins, "export": run_export,
-            "tracking": run_tracking}
+            "tracking": run_tracking, "report": run_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -220,6 +220,17 @@ class Tracker:
                 raise
         return self
 
+    def store(self, experiment: str) -> tuple[Any, str]:
+        """``(MlflowClient, experiment id)`` of the store, the experiment created if missing: for
+        lookups before a run starts (e.g. :mod:`clse.grid` skipping finished cells).
+
+        Raises:
+            ClseError: the tracking store cannot be reached or opened.
+        """
+        self.uri = self.uri or default_tracking_uri()
+        client = self._connect(self.uri)
+        return client, self._experiment_id(client, self.uri, experiment)
+
     def attach(self, run_id: str) -> "Tracker":
         """Log into an existing run (e.g. evaluation results into their training run).
 

@@ -15,7 +15,8 @@ The head is XLM-R's LM head: ``dense(D, D) -> GELU -> LayerNorm`` then a vocabul
 whose weight is tied to the encoder's input embeddings, with its own bias.
 
 The pair is the clean sentence vectors (S_A, S_B), so an alignment loss can be added; with
-``alignment=none regularizer=none`` this is pure MLM pre-training.
+``alignment=none regularizer=none objective.sentence_pair=false`` this is pure MLM pre-training
+(no clean passes: half the encoder calls).
 
 Shapes: ids (B, T), hidden (B, T, D), logits over masked tokens (M, V).
 """
@@ -40,6 +41,7 @@ class MlmConfig:
     mask_ratio: float = 0.15
     mask_token_prob: float = 0.8  # of the chosen tokens: <mask>
     random_token_prob: float = 0.1  # random id; the rest stay unchanged
+    sentence_pair: bool = True  # false: skip the clean passes (pure pre-training, alignment=none)
 
 
 class MlmHead(nn.Module):
@@ -83,7 +85,7 @@ class Mlm:
         ids_b, labels_b = self.mask(batch.b_ids, batch.b_mask, gen)
         ce_a = self.head(views.encode("masked_a", ids_a, batch.a_mask), labels_a)
         ce_b = self.head(views.encode("masked_b", ids_b, batch.b_mask), labels_b)
-        pair = (views.sentence("a"), views.sentence("b"))
+        pair = (views.sentence("a"), views.sentence("b")) if self.cfg.sentence_pair else None
         return ObjectiveOutput(terms={"mlm": (ce_a + ce_b) / 2}, pair=pair,
                                metrics={"mlm_a": ce_a.item(), "mlm_b": ce_b.item()})
 

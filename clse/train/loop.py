@@ -223,6 +223,11 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
                     pair_loss, pair_terms = pair_losses(
                         comp, *out.pair, batch.groups if align_groups else None)
                     loss, terms = loss + pair_loss, {**terms, **pair_terms}
+                elif comp.alignment.weight or comp.regularizer.weight:  # never drop a loss silently
+                    raise ConfigError(
+                        f"objective={cfg.objective.name} returned no sentence pair (e.g. "
+                        f"objective.sentence_pair=false), so alignment={cfg.alignment.name} and "
+                        f"regularizer={cfg.regularizer.name} would not train; set both to none")
                 metrics_out = out.metrics
             if not distributed.all_true(torch.isfinite(loss), device) and problem is None:
                 problem = (f"non-finite loss at step {step + 1} (this rank's loss "

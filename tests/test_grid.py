@@ -1,0 +1,115 @@
+"""The ablation grids' rows are the paper's switches; cells hash by what they compute."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from clse.grid import cell_of, config_hash
+
+# table -> row config -> (objective, alignment, regularizer, objective switches) as the paper
+# describes each row (MEXMA §5.1, Table 6's text, appendix B.1 and B.2)
+MEXMA = "mexma"
+PAPER_ROWS = {
+    "table11": {
+        "1_non_symmetric": (MEXMA, "none", "none", dict(symmetric=False, token_grads=False)),
+        "2_symmetric": (MEXMA, "none", "none", dict(symmetric=True, token_grads=False)),
+        "3_clean_to_dirty": (MEXMA, "mse", "none",
+                             dict(symmetric=True, token_grads=False, align="clean_masked")),
+        "4_clean_to_clean": (MEXMA, "mse", "none",
+                             dict(symmetric=True, token_grads=False, align="clean")),
+        "5_token_grads": (MEXMA, "mse", "none", dict(symmetric=True, token_grads=True,
+                                                      align="clean")),
+        "6_koleo": (MEXMA, "mse", "koleo", dict(symmetric=True, token_grads=True, align="clean",
+                                                mask_ratio=0.4)),
+    },
+    "table5": {
+        "1_sentence_grads": (MEXMA, "mse", "none", dict(symmetric=True, token_grads=False)),
+        "2_token_grads": (MEXMA, "mse", "none", dict(symmetric=True, token_grads=True)),
+        "3_koleo": (MEXMA, "mse", "koleo", dict(symmetric=True, token_grads=True)),
+    },
+    "table6": {
+        "1_contrastive_xlmr": ("none", "contrastive", "none", {}),
+        "2_contrastive_mexma_sentence_grads": (MEXMA, "contrastive", "none",
+                                               dict(symmetric=True, token_grads=False)),
+        "3_contrastive_mexma": (MEXMA, "contrastive", "none",
+                                dict(symmetric=True, token_grads=True)),
+    },
+    "table12": {f"mask{p}": (MEXMA, "mse", "koleo", dict(symmetric=True, token_grads=True,
+                                                         mask_ratio=p / 100))
+                for p in range(20, 100, 10)},
+}
+# rows two tables share must be one cell (the same config hash)
+SHARED = [("table5/1_sentence_grads", "table11/4_clean_to_clean"),
+          ("table5/2_token_grads", "table11/5_token_grads"),
+          ("table5/3_koleo", "table11/6_koleo"),
+          ("table12/mask40", "table11/6_koleo")]
+
+
+def _compose(overrides):
+    from clse.config import setup
+
+    setup()
+    with initialize_config_module(config_module="clse_configs", version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+def _row(table, row, *extra):
+    return _compose([f"experiment={table}", f"row={table}/{row}", *extra])
+
+
+@pytest.mark.parametrize("table,row", [(t, r) for t, rows in PAPER_ROWS.items() for r in rows])
+def test_every_row_has_the_papers_switches(table, row):
+    objective, alignment, regularizer, switches = PAPER_ROWS[table][row]
+    cfg = _row(table, row)
+    assert (cfg.objective.name, cfg.alignment.name, cfg.regularizer.name) == \
+        (objective, alignment, regularizer)
+    for key, value in switches.items():
+        assert cfg.objective[key] == value, (key, cfg.objective[key])
+    if objective == MEXMA:
+        assert cfg.objective.head_layers == cfg.budget.head_layers
+    assert cfg.grid.table == table and cfg.grid.row and cfg.grid.label
+    assert cfg.encoder.init_from == "outputs/ablation_mlm"  # every row starts from the MLM run
+
+
+@pytest.mark.parametrize("table", sorted(PAPER_ROWS))
+def test_the_sweep_covers_every_row_with_three_seeds(table):
+    cfg = _compose([f"experiment={table}"])
+    params = cfg.hydra.sweeper.params
+    assert params.row.split(",") == [f"{table}/{r}" for r in PAPER_ROWS[table]]
+    assert params.seed.split(",") == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("a,b", SHARED)
+def test_rows_shared_by_two_tables_are_one_cell(a, b):
+    (ta, ra), (tb, rb) = a.split("/"), b.split("/")
+    assert config_hash(_row(ta, ra)) == config_hash(_row(tb, rb))
+
+
+def test_distinct_rows_are_distinct_cells():
+    hashes: dict[str, set] = {}
+    for table, rows in PAPER_ROWS.items():
+        for row in rows:
+            hashes.setdefault(config_hash(_row(table, row)), set()).add(f"{table}/{row}")
+    shared = {frozenset(v) for v in hashes.values() if len(v) > 1}
+    assert shared == {frozenset({"table5/1_sentence_grads", "table11/4_clean_to_clean"}),
+                      frozenset({"table5/2_token_grads", "table11/5_token_grads"}),
+                      frozenset({"table5/3_koleo", "table11/6_koleo", "table12/mask40"})}
+    assert len(hashes) == 16  # 20 rows in four tables; 16 distinct cells per seed
+
+
+def test_the_hash_ignores_labels_and_bookkeeping_but_not_training():
+    base = _row("table11", "6_koleo")
+    h = config_hash(base)
+    cell = cell_of(base)
+    assert cell.hash == h and cell.table == "table11" and cell.row == "koleo" and cell.seed == 0
+    for extra in (["seed=5"], ["run_name=x"], ["tracking.experiment=other"], ["progress=true"],
+                  ["trainer.threads=1"], ["trainer.log_every=7"], ["grid.label=renamed"]):
+        assert config_hash(_row("table11", "6_koleo", *extra)) == h, extra
+    for extra in (["trainer.steps=301"], ["trainer.lr=0.01"], ["objective.mask_ratio=0.5"],
+                  ["data.batch_size=32"], ["budget.head_layers=3"]):
+        assert config_hash(_row("table11", "6_koleo", *extra)) != h, extra
+
+
+def test_a_plain_run_is_no_cell():
+    assert cell_of(_compose([])) is None
