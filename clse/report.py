@@ -337,12 +337,17 @@ def plot(g: Grid, results: list[RowResult], paper: dict, path: Path) -> Path:
         for i, r in enumerate(results):  # every seed as a dot
             vals = r.stats[key].values
             ax.scatter([i] * len(vals), vals, s=12, color="black", zorder=3)
-        finite = [m for m in means if not math.isnan(m)]
+        starts = [v for r in results for v in r.start[key].values]
+        if starts:  # what training started from: did the rows learn?
+            ax.axhline(statistics.fmean(starts), ls=":", color="gray",
+                       label="before training (shared start)")
+        finite = [m for m in means if not math.isnan(m)] + ([statistics.fmean(starts)]
+                                                           if starts else [])
         if finite:
             low, high = min(finite), max(finite)
             pad = max(stds + [0.0]) + 0.1 * (high - low) + 0.5
             ax.set_ylim(max(0.0, low - pad), high + pad)
-        ax.set_ylabel(f"ours: {title}")
+        ax.set_ylabel(f"ours: {title}" + ("" if g.plot == "curve" else " (axis not from 0)"))
         ax.set_xticks(x, labels, rotation=30 if g.plot != "curve" else 0, ha="right"
                       if g.plot != "curve" else "center", fontsize=8)
         pvals = [(i, (paper.get(r.row.name) or {}).get(key)) for i, r in enumerate(results)]
