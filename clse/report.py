@@ -82,8 +82,14 @@ def load_grid(table: str, overrides: Iterable[str] = ()) -> Grid:
                                 hash=grids.config_hash(cfg)))
     except HydraException as exc:
         raise ConfigError(f"clse report {table}: {str(exc).splitlines()[0]}") from None
+    from clse.model.presets import PRESETS
+
     enc, tr, data = base.encoder, base.trainer, base.data
-    budget = {"encoder": enc.get("preset"), "init_from": enc.get("init_from"),
+    preset = str(enc.get("preset"))
+    if preset in PRESETS:
+        layers, hidden, heads, ffn = PRESETS[preset]
+        preset += f" ({layers} layers, hidden {hidden}, {heads} heads, FFN {ffn})"
+    budget = {"encoder": preset, "init_from": enc.get("init_from"),
               "steps": tr.steps, "batch_size": data.batch_size, "max_length": data.max_length,
               "lr": tr.lr, "pooling": base.pooling.name,
               "languages": len(base.eval.evaluators.xsim.languages)}
@@ -270,7 +276,7 @@ def markdown(g: Grid, results: list[RowResult], paper: dict, source: str, stale:
              f"seeds (n = seeds). Paper: {source or 'no numbers on file'} (XLM-R large, 81 "
              f"languages, 300k steps): absolute numbers are not comparable; the orderings are.",
              "",
-             f"Budget: `{b.get('encoder')}` preset from `{b.get('init_from')}`, {b.get('steps')} "
+             f"Budget: the {b.get('encoder')} preset from `{b.get('init_from')}`, {b.get('steps')} "
              f"steps of {b.get('batch_size')} pairs (max {b.get('max_length')} tokens), lr "
              f"{b.get('lr')}, {b.get('pooling')} pooling.", ""]
     durations = [(r["end_time"] - r["start_time"]) / 1000 for res in results for r in res.runs

@@ -113,3 +113,28 @@ def test_the_hash_ignores_labels_and_bookkeeping_but_not_training():
 
 def test_a_plain_run_is_no_cell():
     assert cell_of(_compose([])) is None
+
+
+@pytest.mark.parametrize("table,row", [(t, r) for t, rows in PAPER_ROWS.items() for r in rows])
+def test_every_row_builds_and_takes_a_step(table, row, tiny_bundle, batch):
+    """The row's plugins accept its switches together (e.g. symmetric=false needs
+    align=clean_masked) and give a finite loss with gradients."""
+    import torch
+
+    from clse.interfaces import Views
+    from clse.plugins import registry
+
+    cfg = _row(table, row)
+    reg = registry()
+    objective = reg.build("objective", cfg.objective, encoder=tiny_bundle)
+    alignment, regularizer = reg.build("alignment", cfg.alignment), \
+        reg.build("regularizer", cfg.regularizer)
+    out = objective(Views(batch, tiny_bundle.model, reg.build("pooling", cfg.pooling),
+                          torch.Generator().manual_seed(0)))
+    a, b = out.pair
+    loss = sum(out.terms.values(), torch.zeros(())) * objective.weight \
+        + alignment.weight * alignment(a, b) + regularizer.weight * regularizer(a)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in tiny_bundle.model.parameters())
