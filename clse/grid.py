@@ -96,7 +96,7 @@ def cell_runs(client: Any, experiment_id: str, cell_hash: str, seed: int | None 
     query = f"tags.`{TAG_HASH}` = '{cell_hash}'"
     if seed is not None:
         query += f" and tags.`{TAG_SEED}` = '{seed}'"
-    return _search(client, experiment_id, query)
+    return search_runs(client, experiment_id, query)
 
 
 def plan_cell(client: Any, experiment_id: str, cell: Cell, uri: str, title: str | None = None,
@@ -133,7 +133,7 @@ def parent_run(client: Any, experiment_id: str, table: str, uri: str,
 
     key = hashlib.sha256(f"{uri}|{experiment_id}|{table}".encode()).hexdigest()[:16]
     with _file_lock(Path(tempfile.gettempdir()) / f"clse-grid-{key}.lock", timeout=120):
-        found = _search(client, experiment_id, f"tags.`{TAG_PARENT_OF}` = '{table}'",
+        found = search_runs(client, experiment_id, f"tags.`{TAG_PARENT_OF}` = '{table}'",
                         order=["attributes.start_time ASC"])
         if found:
             return found[0].info.run_id
@@ -145,7 +145,8 @@ def parent_run(client: Any, experiment_id: str, table: str, uri: str,
         return run.info.run_id
 
 
-def _search(client: Any, experiment_id: str, query: str, order: list[str] | None = None) -> list:
+def search_runs(client: Any, experiment_id: str, query: str, order: list[str] | None = None) -> list:
+    """Every run of the experiment matching an MLflow filter string (all pages), newest first."""
     runs, token = [], None
     while True:
         page = client.search_runs([experiment_id], filter_string=query, max_results=1000,

@@ -105,7 +105,7 @@ def records_from_mlflow(experiment: str, uri: str | None = None) -> list[dict]:
     from clse.tracking import Tracker
 
     client, experiment_id = Tracker(uri=uri).store(experiment)
-    runs = grids._search(client, experiment_id, f"tags.`{grids.TAG_HASH}` != ''")
+    runs = grids.search_runs(client, experiment_id, f"tags.`{grids.TAG_HASH}` != ''")
     return [_record(run) for run in runs if run.info.status == "FINISHED"]
 
 
