@@ -99,6 +99,11 @@ def _checkpoint_encoder(path: str) -> Path:
     folder = Path(path).expanduser()
     if (folder / "config.json").is_file():
         return folder
+    if not folder.exists():
+        hint = (" (the ablation grids start from the MLM run: `clse train experiment=ablation_mlm`"
+                " in this folder writes it)" if folder.name == "ablation_mlm" else "")
+        raise ConfigError(f"encoder.init_from={path}: no such folder, relative to "
+                          f"{Path.cwd()}{hint}")
     from clse.train.checkpoint import find_resumable
 
     return find_resumable(folder) / "encoder"

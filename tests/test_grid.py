@@ -138,3 +138,13 @@ def test_every_row_builds_and_takes_a_step(table, row, tiny_bundle, batch):
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0
                for p in tiny_bundle.model.parameters())
+
+
+def test_a_missing_mlm_start_says_how_to_make_it(tmp_path, monkeypatch):
+    from clse.errors import ConfigError
+    from clse_plugins.xlmr import _checkpoint_encoder
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="init_from=outputs/ablation_mlm: no such folder.*"
+                                          "clse train experiment=ablation_mlm"):
+        _checkpoint_encoder("outputs/ablation_mlm")
