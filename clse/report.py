@@ -196,14 +196,14 @@ class RowResult:
     start: dict[str, Stat]  # metric key -> the start model's value over seeds
 
 
-def summarize(g: Grid, records: list[dict]) -> tuple[list[RowResult], int]:
-    """Our results per row (newest finished run per seed), and how many records of this grid's
-    table had a hash no row has (runs of another budget: ignored)."""
+def summarize(g: Grid, records: list[dict]) -> tuple[list[RowResult], list[dict]]:
+    """Our results per row (newest finished run per seed), and the records of this grid's table
+    whose hash no row has (runs of another budget or other overrides: not counted)."""
     by_cell: dict[tuple[str, int], dict] = {}
     for r in sorted(records, key=lambda r: r["start_time"]):
         by_cell[(r["hash"], r["seed"])] = r  # the newest wins
     hashes = {row.hash for row in g.rows}
-    stale = sum(1 for r in records if r["table"] == g.table and r["hash"] not in hashes)
+    stale = [r for r in records if r["table"] == g.table and r["hash"] not in hashes]
     results = []
     for row in g.rows:
         runs = sorted((r for (h, _), r in by_cell.items() if h == row.hash), key=lambda r: r["seed"])
@@ -406,10 +406,11 @@ def report(table: str, out_dir: str | Path, overrides: Iterable[str] = (),
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out_dir / f"{g.table}.md", "plot": out_dir / f"{g.table}.png"}
-    paths["markdown"].write_text(markdown(g, results, paper, paper_source, stale, source),
+    paths["markdown"].write_text(markdown(g, results, paper, paper_source, len(stale), source),
                                  encoding="utf-8")
     plot(g, results, paper, paths["plot"])
     if export is not None:
-        mine = [r for res in results for r in res.runs]
+        # the rows' runs and the grid's uncounted ones: --from rebuilds the same report
+        mine = [r for res in results for r in res.runs] + stale
         paths["csv"] = write_csv(mine, export)
     return paths

@@ -36,7 +36,7 @@ def test_summary_is_over_seeds_with_the_newest_run_per_seed():
     assert a.stats["xsim"].mean == 20.0 and a.stats["xsim"].std == pytest.approx(10.0)
     assert b.stats["xsim"].n == 1 and math.isnan(b.stats["xsim"].std)
     assert a.start["xsim"].mean == 90.0
-    assert stale == 1
+    assert [r["hash"] for r in stale] == ["zz"]
 
 
 @pytest.mark.parametrize("prev,cur,paper,expected", [
