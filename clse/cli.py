@@ -31,6 +31,7 @@ commands:
   plugins [--json]        list the plugins (kind, name, providing package)
   export CKPT OUT         export a checkpoint as Hugging Face + SentenceTransformers folders
   tracking replay FILE    send the metrics spooled while the MLflow store was unreachable
+  tracking import CSV     recreate a grid's exported runs (clse report --export) in a store
   report GRID [...]       an ablation grid's runs as the paper's table + plot
                           (clse report table11; --from CSV rebuilds it without MLflow)
 """
@@ -320,7 +321,8 @@ def run_export(argv: list[str]) -> int:
 
 
 def run_tracking(argv: list[str]) -> int:
-    """``clse tracking replay FILE [--uri URI]``: send metrics spooled during an MLflow outage."""
+    """``clse tracking replay FILE``: send metrics spooled during an MLflow outage;
+    ``clse tracking import CSV``: recreate a grid's exported runs in a store."""
     from clse.tracking import replay_spool
 
     parser = argparse.ArgumentParser(prog="clse tracking")
@@ -328,7 +330,20 @@ def run_tracking(argv: list[str]) -> int:
     replay = sub.add_parser("replay", help="send a spool file written during a tracking outage")
     replay.add_argument("spool", type=Path)
     replay.add_argument("--uri", default=None, help="the store (default: the one in the file)")
+    imp = sub.add_parser("import", help="recreate the runs of a `clse report --export` CSV in a "
+                                        "store (continue a grid on another machine)")
+    imp.add_argument("csv", type=Path)
+    imp.add_argument("--uri", default=None, help="the store (default: as clse train)")
+    imp.add_argument("--experiment", default=None,
+                     help="MLflow experiment (default: each run's tracking.experiment)")
     args = parser.parse_args(argv)
+    if args.action == "import":
+        from clse.grid import import_records
+        from clse.report import read_csv
+
+        counts = import_records(read_csv(args.csv), uri=args.uri, experiment=args.experiment)
+        print(f"clse: {args.csv}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+        return 0
     if not args.spool.is_file():
         raise ClseError(f"{args.spool}: no such spool file")
     sent = replay_spool(args.spool, uri=args.uri)

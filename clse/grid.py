@@ -156,3 +156,45 @@ def search_runs(client: Any, experiment_id: str, query: str, order: list[str] | 
         token = page.token
         if not token:
             return runs
+
+
+def import_records(records: list[dict], uri: str | None = None,
+                   experiment: str | None = None) -> dict[str, int]:
+    """Recreate exported runs (``clse report --export`` records) in a tracking store, so a grid
+    continued on another machine skips the cells they hold and reports them with the new ones.
+
+    Each run keeps its params, final metric values, clse tags, status and times, goes under the
+    grid's parent run in ``experiment`` (default: the run's own ``tracking.experiment`` param)
+    and is tagged ``clse.imported_from`` with its original id; importing twice adds nothing.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+
+    from clse.tracking import PARENT_TAG, Tracker, sanitize_name
+
+    counts = {"imported": 0, "already there": 0}
+    stores: dict[str, tuple[Any, str]] = {}
+    for rec in records:
+        name = experiment or rec["params"].get("tracking.experiment") or "clse"
+        if name not in stores:
+            tracker = Tracker(uri=uri)
+            stores[name] = tracker.store(name)
+            uri = tracker.uri
+        client, experiment_id = stores[name]
+        if search_runs(client, experiment_id, f"tags.`clse.imported_from` = '{rec['run_id']}'"):
+            counts["already there"] += 1
+            continue
+        tags = {**rec["tags"], "clse.imported_from": rec["run_id"]}
+        if rec["table"]:
+            tags[PARENT_TAG] = parent_run(client, experiment_id, rec["table"], uri)
+        run = client.create_run(experiment_id, run_name=rec["run_name"] or None,
+                                start_time=int(rec["start_time"]) or None, tags=tags)
+        run_id, when = run.info.run_id, int(rec["end_time"] or rec["start_time"]) or None
+        params = [Param(sanitize_name(k), str(v)) for k, v in rec["params"].items()]
+        metrics = [Metric(sanitize_name(k), float(v), when or 0, 0)
+                   for k, v in rec["metrics"].items()]
+        for i in range(0, max(len(params), len(metrics)), 100):
+            client.log_batch(run_id, params=params[i:i + 100], metrics=metrics[i:i + 100],
+                             tags=[] if i else [RunTag("clse.import_note", "final values only")])
+        client.set_terminated(run_id, rec["status"] or "FINISHED", end_time=when)
+        counts["imported"] += 1
+    return counts

@@ -111,7 +111,8 @@ def records_from_mlflow(experiment: str, uri: str | None = None) -> list[dict]:
 
 def _record(run) -> dict:
     tags = run.data.tags
-    return {"run_id": run.info.run_id, "run_name": run.info.run_name or "",
+    # an imported run (clse tracking import) keeps the id of the run that computed it
+    return {"run_id": tags.get("clse.imported_from", run.info.run_id), "run_name": run.info.run_name or "",
             "status": run.info.status, "start_time": run.info.start_time or 0,
             "end_time": run.info.end_time or 0, "hash": tags.get(grids.TAG_HASH, ""),
             "seed": int(tags.get(grids.TAG_SEED, -1)), "table": tags.get(grids.TAG_TABLE, ""),

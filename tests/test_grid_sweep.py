@@ -130,3 +130,20 @@ def test_sweep_tracks_skips_resumes_and_reports(workdir):
     rebuilt = (workdir / "rep2" / "tiny_grid.md").read_text()
     assert rebuilt.split("## ", 1)[1] == text.split("## ", 1)[1]
     assert not (workdir / "none.db").exists()  # --from never opened a store
+
+    # another machine: the export imported into a new store; the sweep skips every cell there,
+    # and the report from that store is the same table
+    moved = {"MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'moved.db'}"}
+    imp = clse("tracking", "import", "rep/runs.csv", cwd=workdir, env=moved)
+    assert imp.returncode == 0, imp.stderr[-3000:]
+    assert "3 imported" in imp.stdout
+    twice = clse("tracking", "import", "rep/runs.csv", cwd=workdir, env=moved)
+    assert "0 imported, 3 already there" in twice.stdout
+    skipped = clse("train", "-m", search, "experiment=tiny_grid", cwd=workdir, env=moved)
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    assert skipped.stdout.count("is done already") == 2
+    rep3 = clse("report", "tiny_grid", search, "--out", "rep3", "--paper", "paper.yaml",
+                cwd=workdir, env=moved)
+    assert rep3.returncode == 0, rep3.stderr[-3000:]
+    assert (workdir / "rep3" / "tiny_grid.md").read_text().split("## ", 1)[1] == \
+        text.split("## ", 1)[1]
