@@ -240,6 +240,8 @@ def verdict(ours_prev: Stat, ours: Stat, paper_delta: float | None) -> str:
     """Does the paper's change between two consecutive rows hold here?"""
     if paper_delta is None:
         return ""
+    if ours.n == 0 or ours_prev.n == 0:
+        return "not run yet"
     if ours.n < 2 or ours_prev.n < 2:
         return "n/a (< 2 seeds)"
     delta = ours.mean - ours_prev.mean

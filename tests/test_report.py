@@ -44,6 +44,7 @@ def test_summary_is_over_seeds_with_the_newest_run_per_seed():
     ([10, 11, 12], [15, 16, 17], -0.05, "reversed"),
     ([10, 11, 12], [10.5, 11.5, 12.5], -0.05, "within noise"),
     ([10], [5], -0.05, "n/a (< 2 seeds)"),
+    ([], [5, 6], -0.05, "not run yet"),
     ([10, 11, 12], [20, 21, 22], 0.0, "paper: no change"),
     ([10, 11, 12], [5, 6, 7], None, ""),
 ])
