@@ -166,3 +166,21 @@ def test_total_loss_decreases(tiny_bundle, name):
         losses.append(loss.item())
     assert torch.is_tensor(loss)
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_mlm_without_sentence_pair_skips_the_clean_passes(tiny_bundle, batch, tmp_path):
+    """Pure MLM pre-training: no pair, so no clean encoder calls; the loop refuses to run it
+    with an alignment loss that would silently never train."""
+    from clse.errors import ConfigError
+    from clse.train.loop import train
+    from tests.train.test_train_loop import compose_cfg
+
+    calls = []
+    model = tiny_bundle.model
+    model.register_forward_hook(lambda *a: calls.append(1))
+    out = Mlm(MlmConfig(sentence_pair=False), tiny_bundle)(
+        Views(batch, model, ClsPooling(), torch.Generator().manual_seed(0)))
+    assert out.pair is None and len(calls) == 2 and torch.isfinite(out.terms["mlm"])
+    with pytest.raises(ConfigError, match="returned no sentence pair"):
+        train(compose_cfg(["objective=mlm", "objective.sentence_pair=false", "alignment=mse",
+                           "regularizer=none", "trainer.steps=1"]), tmp_path)
