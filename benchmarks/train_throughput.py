@@ -182,19 +182,6 @@ class Batches:
 
 # --------------------------------------------------------------------------- one training step
 
-def _hf_configs(*modules) -> list:
-    """The transformers configs of ``modules`` and their submodules, each once."""
-    from transformers import PretrainedConfig
-
-    found: dict[int, Any] = {}
-    for module in modules:
-        for sub in module.modules() if module is not None else ():
-            config = getattr(sub, "config", None)
-            if isinstance(config, PretrainedConfig):
-                found.setdefault(id(config), config)
-    return list(found.values())
-
-
 class ClseStep:
     """One step of ``clse.train.loop.train`` for one attention variant. Each variant has its own
     components, built from the same seed, so all start from the same weights."""
@@ -219,7 +206,7 @@ class ClseStep:
             backend=cfg.encoder.get("packing_backend", "auto"))
         self.described = packing.describe(self.forward_model, device, self.dtype)
         if variant == "padded_eager":  # transformers' eager attention: softmax(QK^T) V as bmm
-            for config in _hf_configs(self.model, self.extra):
+            for config in packing.hf_configs((self.model, self.extra)):
                 config._attn_implementation = "eager"
             self.described = "padded:eager"
         self._collators: dict[int, Any] = {}

@@ -192,7 +192,7 @@ def supports_packing(model: nn.Module) -> bool:
             and getattr(model, "_supports_attention_backend", False))
 
 
-def _configs(modules: tuple[nn.Module | None, ...]) -> list:
+def hf_configs(modules: tuple[nn.Module | None, ...]) -> list:
     """The transformers configs of ``modules`` and their submodules (each once)."""
     from transformers import PretrainedConfig
 
@@ -213,13 +213,13 @@ def enable_packing(*modules: nn.Module | None, backend: str = "auto") -> None:
         raise ValueError(f"unknown packed attention backend {backend!r}; expected {BACKENDS}")
     _backend_override = backend
     name = register()
-    for config in _configs(modules):
+    for config in hf_configs(modules):
         config._attn_implementation = name
 
 
 def disable_packing(*modules: nn.Module | None, implementation: str = "sdpa") -> None:
     """Back to a stock implementation."""
-    for config in _configs(modules):
+    for config in hf_configs(modules):
         if config._attn_implementation == ATTN_NAME:
             config._attn_implementation = implementation
 
