@@ -20,12 +20,12 @@ Tatoeba has one test set. With ``out_dir``, writes ``tatoeba.tsv`` (one row per 
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clse.errors import ClseError, ConfigError
+from clse.eval.analyses import write_records
 from clse.eval.tatoeba import available_codes, evaluate_tatoeba, load_langmap, resolve_languages
 from clse.eval.xsim import MARGINS
 from clse.hookspecs import PluginSpec, hookimpl
@@ -71,7 +71,7 @@ class TatoebaEvaluator:
                                          batch_size=cfg.batch_size, eval_text=cfg.eval_text,
                                          max_sentences=cfg.max_sentences, progress=cfg.progress)
         if out_dir is not None:
-            _write_table(Path(out_dir) / "tatoeba.tsv", rows)
+            write_records(Path(out_dir) / "tatoeba.tsv", rows)
         return metrics
 
     def resolve(self) -> tuple[Path, list[str]]:
@@ -117,16 +117,6 @@ class TatoebaEvaluator:
         raise ClseError("tatoeba: langmap.tsv not found (needed for FLORES codes and the default "
                         "language list): set langmap=/path/to/langmap.tsv, or list Tatoeba codes "
                         "in languages")
-
-
-def _write_table(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v)
-                             for k, v in row.items()})
 
 
 @hookimpl

@@ -21,7 +21,6 @@ mode, the generated files in the official layout under ``generated/``.
 
 from __future__ import annotations
 
-import csv
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clse.errors import ClseError, ConfigError
+from clse.eval.analyses import write_records
 from clse.eval.encode import encode_texts
 from clse.eval.flores import BUNDLED_DIR, load_multiway
 from clse.eval.hard_negatives import ERROR_TYPES, NOTE, generate_hard_negatives, write_augmented
@@ -113,8 +113,8 @@ class XsimppEvaluator:
                                         cfg.margin, eval_text=cfg.eval_text, prefix=self.prefix,
                                         progress=cfg.progress)
         if out_dir is not None:
-            _write_table(Path(out_dir) / f"{self.prefix}.tsv", rows,
-                         NOTE if cfg.source == "generated" else f"xsim++ ({aug.origin})")
+            write_records(Path(out_dir) / f"{self.prefix}.tsv", rows,
+                          note=NOTE if cfg.source == "generated" else f"xsim++ ({aug.origin})")
         return metrics
 
     def _augmented(self, split: str, targets: list[str], out_dir: Path | None) -> Augmented:
@@ -167,18 +167,6 @@ class XsimppEvaluator:
         if not languages:
             raise ClseError(f"xsimpp: no source languages in {folder}")
         return folder, languages
-
-
-def _write_table(path: Path, rows: list[dict], note: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", encoding="utf-8", newline="") as f:
-        f.write(f"# {note}\n")
-        writer = csv.DictWriter(f, fieldnames=columns, delimiter="\t", restval=0)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v)
-                             for k, v in row.items()})
 
 
 @hookimpl

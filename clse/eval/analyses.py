@@ -18,6 +18,7 @@ Models are :class:`clse.eval.model.EvalModel` or anything with ``tokenizer`` and
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import warnings
@@ -377,6 +378,24 @@ def write_tsv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["\t".join(header), *("\t".join(cell(v) for v in row) for row in rows)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_records(path: Path, rows: Sequence[Mapping[str, Any]], note: str | None = None,
+                  missing: Any = 0) -> Path:
+    """Dict rows as a TSV (columns in first-seen order, floats to 2 decimals, absent cells
+    ``missing``), with an optional ``# note`` line first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with path.open("w", encoding="utf-8", newline="") as f:
+        if note is not None:
+            f.write(f"# {note}\n")
+        writer = csv.DictWriter(f, fieldnames=columns, delimiter="\t", restval=missing)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v)
+                             for k, v in row.items()})
     return path
 
 
