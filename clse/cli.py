@@ -5,6 +5,7 @@
 * ``clse plugins [--json]``: every plugin with its kind, name and providing package
 * ``clse export CHECKPOINT OUT``: Hugging Face + SentenceTransformers folders from a checkpoint
 * ``clse report GRID``: an ablation grid's runs as the paper's table and plot (clse.report)
+* ``clse grid GRID``: ``clse train -m experiment=GRID`` (missing cells only), then its report
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ commands:
   tracking import CSV     recreate a grid's exported runs (clse report --export) in a store
   report GRID [...]       an ablation grid's runs as the paper's table + plot
                           (clse report table11; --from CSV rebuilds it without MLflow)
+  grid GRID [...]         run a grid's missing cells, then its report
+                          (= clse train -m experiment=GRID, then clse report GRID)
 """
 
 
@@ -382,8 +385,50 @@ def run_report(argv: list[str]) -> int:
     return 0
 
 
+def run_grid(argv: list[str]) -> int:
+    """``clse grid GRID [overrides] [--out DIR] [--paper FILE]``: the sweep, then the report."""
+    parser = argparse.ArgumentParser(
+        prog="clse grid", description="run an ablation grid's missing cells (clse train -m "
+        "experiment=GRID; finished cells are skipped), then write its report (clse report GRID)")
+    parser.add_argument("grid", help="table5, table6, table11, table12 or your own "
+                                     "configs/experiment/<name>.yaml")
+    parser.add_argument("overrides", nargs="*",
+                        help="hydra overrides for every cell (seed=0,1,2,3,4 sweeps more seeds)")
+    parser.add_argument("--out", type=Path, default=Path("reports"),
+                        help="folder for <grid>.md and <grid>.png (default: reports/)")
+    parser.add_argument("--paper", type=Path, default=None,
+                        help="the paper's numbers (default: experiments/paper_numbers.yaml)")
+    args = parser.parse_intermixed_args(argv)
+    fixed, swept = _split_sweeps(args.overrides)
+    code = run_train(["-m", f"experiment={args.grid}", *args.overrides])
+    if code:
+        return code
+    if swept - {"seed", "row"}:  # one report is one budget: it cannot mix the values
+        print(f"clse: the sweep varied {', '.join(sorted(swept - {'seed', 'row'}))}: no single "
+              f"report; run `clse report {args.grid} <key>=<value> ...` for each value")
+        return 0
+    return run_report([args.grid, *fixed, "--out", str(args.out),
+                       *(["--paper", str(args.paper)] if args.paper else [])])
+
+
+def _split_sweeps(overrides: list[str]) -> tuple[list[str], set[str]]:
+    """The overrides the report needs (those that set one value, except ``row`` and ``seed``),
+    and the keys of those that sweep several values."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise ConfigError(f"clse grid: {str(exc).splitlines()[0]}") from None
+    # row and seed pick cells; the report composes every row itself, and seeds are not hashed
+    fixed = [text for text, o in zip(overrides, parsed)
+             if not o.is_sweep_override() and o.key_or_group not in ("row", "seed")]
+    return fixed, {o.key_or_group for o in parsed if o.is_sweep_override()}
+
+
 COMMANDS = {"train": run_train, "eval": run_eval, "plugins": run_plugins, "export": run_export,
-            "tracking": run_tracking, "report": run_report}
+            "tracking": run_tracking, "report": run_report, "grid": run_grid}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,7 @@ class Grid:
     seeds: list[int]
     rows: list[Row]
     budget: dict[str, Any] = field(default_factory=dict)
+    uri: str | None = None  # the config's tracking.uri (None: as clse train finds the store)
 
 
 def load_grid(table: str, overrides: Iterable[str] = ()) -> Grid:
@@ -96,7 +97,7 @@ def load_grid(table: str, overrides: Iterable[str] = ()) -> Grid:
     return Grid(table=str(base.grid.table), title=str(base.grid.title or table),
                 plot=str(base.grid.get("plot") or "bars"),
                 experiment=str(base.tracking.experiment), final_split=str(base.eval.final_split),
-                seeds=seeds, rows=rows, budget=budget)
+                seeds=seeds, rows=rows, budget=budget, uri=base.tracking.get("uri"))
 
 
 # ----------------------------------------------------------------------------- the runs
@@ -402,7 +403,7 @@ def report(table: str, out_dir: str | Path, overrides: Iterable[str] = (),
         records = read_csv(from_csv)
         source = f" --from {Path(from_csv).name}"
     else:
-        records = records_from_mlflow(experiment or g.experiment, uri)
+        records = records_from_mlflow(experiment or g.experiment, uri or g.uri)
         source = ""
     results, stale = summarize(g, records)
     paper, paper_source = load_paper(g.table, paper_file)

@@ -148,3 +148,23 @@ def test_a_missing_mlm_start_says_how_to_make_it(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="init_from=outputs/ablation_mlm: no such folder.*"
                                           "clse train experiment=ablation_mlm"):
         _checkpoint_encoder("outputs/ablation_mlm")
+
+
+def test_clse_grid_reports_with_the_overrides_that_set_the_budget():
+    from clse.cli import _split_sweeps
+
+    fixed, swept = _split_sweeps(["seed=0,1,2,3", "row=table11/4_clean_to_clean", "seed=1",
+                                  "trainer.lr=1e-3,3e-3", "eval=[default,xsimpp_generated]",
+                                  "trainer.steps=600"])
+    # row and seed pick cells (the report composes every row itself); lists are one value
+    assert fixed == ["eval=[default,xsimpp_generated]", "trainer.steps=600"]
+    assert swept == {"seed", "trainer.lr"}
+
+
+def test_clse_grid_refuses_a_malformed_override_in_one_line(tmp_path):
+    from tests.tests_cli_helpers import clse
+
+    res = clse("grid", "table11", "trainer.lr=[1e-3", cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.startswith("clse: error: clse grid:") and "Traceback" not in res.stderr
+    assert not (tmp_path / "multirun").exists()  # nothing ran

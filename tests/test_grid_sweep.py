@@ -139,11 +139,11 @@ def test_sweep_tracks_skips_resumes_and_reports(workdir):
     assert "3 imported" in imp.stdout
     twice = clse("tracking", "import", "rep/runs.csv", cwd=workdir, env=moved)
     assert "0 imported, 3 already there" in twice.stdout
-    skipped = clse("train", "-m", search, "experiment=tiny_grid", cwd=workdir, env=moved)
-    assert skipped.returncode == 0, skipped.stderr[-3000:]
-    assert skipped.stdout.count("is done already") == 2
-    rep3 = clse("report", "tiny_grid", search, "--out", "rep3", "--paper", "paper.yaml",
+    # (clse grid: the sweep, then the report, in one command)
+    rep3 = clse("grid", "tiny_grid", search, "--out", "rep3", "--paper", "paper.yaml",
                 cwd=workdir, env=moved)
     assert rep3.returncode == 0, rep3.stderr[-3000:]
+    assert rep3.stdout.count("is done already") == 2
+    assert "markdown: rep3/tiny_grid.md" in rep3.stdout
     assert (workdir / "rep3" / "tiny_grid.md").read_text().split("## ", 1)[1] == \
         text.split("## ", 1)[1]
