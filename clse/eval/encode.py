@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from clse.errors import ClseError
+from clse.progress import bars_off
 
 CHUNK_BATCHES = 8  # batches per encode() call when a bar is shown
 
@@ -33,7 +34,7 @@ def encode_texts(encoder: Any, texts: Sequence[str], batch_size: int = 64, *,
         ClseError: the encoder returned a different number of rows than it was given.
     """
     texts = list(texts)
-    if not progress or len(texts) <= batch_size * CHUNK_BATCHES:
+    if bars_off(progress) or len(texts) <= batch_size * CHUNK_BATCHES:
         return _check(encoder.encode(texts, batch_size=batch_size), len(texts), desc)
 
     from tqdm.auto import tqdm
