@@ -254,6 +254,34 @@ def verdict(ours_prev: Stat, ours: Stat, paper_delta: float | None) -> str:
     return "holds" if (delta > 0) == (paper_delta > 0) else "reversed"
 
 
+def agreement(results: list[RowResult], paper: dict, key: str) -> str:
+    """The lowest-error row here and in the paper, and how well the rows' order agrees with the
+    paper's (Spearman's rank correlation of the means; the verdicts say what is beyond noise)."""
+    rows = [(res.row.label, res.stats[key].mean, (paper.get(res.row.name) or {}).get(key))
+            for res in results if res.stats[key].n]
+    if not rows:
+        return ""
+
+    def lowest(values: list[tuple[str, float]]) -> str:
+        best = min(v for _, v in values)
+        return f"{' = '.join(label for label, v in values if v == best)} ({best:.2f})"
+
+    text = f"Lowest error here: {lowest([(label, ours) for label, ours, _ in rows])}"
+    both = [(label, ours, p) for label, ours, p in rows if p is not None]
+    if both:
+        text += f"; in the paper, of the same rows: {lowest([(label, p) for label, _, p in both])}"
+    if len(both) >= 3:
+        from scipy.stats import spearmanr
+
+        if len({p for *_, p in both}) == 1 or len({o for _, o, _ in both}) == 1:
+            text += f". Rank agreement over these {len(both)} rows: undefined (all equal)"
+        else:
+            rho = float(spearmanr([o for _, o, _ in both], [p for *_, p in both])[0])
+            text += (f". Rank agreement with the paper over these {len(both)} rows: Spearman "
+                     f"ρ = {rho:.2f} (1: same order, −1: reversed)")
+    return text + "."
+
+
 # ----------------------------------------------------------------------------- output
 def _fmt(stat: Stat) -> str:
     if stat.n == 0:
@@ -274,7 +302,7 @@ def markdown(g: Grid, results: list[RowResult], paper: dict, source: str, stale:
              records_from: str = "") -> str:
     b = g.budget
     lines = [f"# {g.title}", "",
-             f"`clse report {g.table}`{records_from}: {sum(len(r.runs) for r in results)} runs, "
+             f"`clse report {g.table}{records_from}`: {sum(len(r.runs) for r in results)} runs, "
              f"grid `{g.table}` (MLflow experiment `{g.experiment}`). Ours: FLORES-200 "
              f"{g.final_split}, X→eng, {b.get('languages')} languages, mean ± sample std over "
              f"seeds (n = seeds). Paper: {source or 'no numbers on file'} (XLM-R large, 81 "
@@ -309,6 +337,9 @@ def markdown(g: Grid, results: list[RowResult], paper: dict, source: str, stale:
         if starts:
             lines += ["", f"Before training (the start every row shares): "
                           f"{statistics.fmean(starts):.2f}."]
+        shape = agreement(results, paper, key)
+        if shape:
+            lines += ["", shape]
         lines.append("")
     lines += ["Verdicts compare consecutive rows: *holds* (same direction as the paper, beyond "
               f"{NOISE_SE:g} standard errors of the difference), *reversed* (the other way, beyond "

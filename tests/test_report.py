@@ -86,3 +86,28 @@ def test_csv_errors_name_the_file_and_line(tmp_path):
         read_csv(path)
     with pytest.raises(ClseError, match="no such file"):
         read_csv(tmp_path / "missing.csv")
+
+
+def test_agreement_names_the_best_rows_and_the_rank_correlation():
+    from clse.report import agreement
+
+    rows = [Row(f"t/{n}", n, n.upper(), f"h{n}") for n in "abcd"]
+    g = Grid(table="t", title="T", plot="curve", experiment="e", final_split="devtest",
+             seeds=[0, 1], rows=rows)
+    ours = {"a": [3.0, 3.2], "b": [2.0, 2.2], "c": [2.0, 2.2], "d": [4.0, 4.4]}
+    records = [_rec(f"h{n}", s, v, row=n) for n, vals in ours.items() for s, v in enumerate(vals)]
+    results, _ = summarize(g, records)
+    paper = {"a": {"xsim": 0.30}, "b": {"xsim": 0.10}, "c": {"xsim": 0.20}, "d": {"xsim": 0.40}}
+    text = agreement(results, paper, "xsim")
+    # means 3.1, 2.1, 2.1, 4.2 vs 0.3, 0.1, 0.2, 0.4: ranks (3, 1.5, 1.5, 4) vs (3, 1, 2, 4)
+    x, y = [3, 1.5, 1.5, 4], [3, 1, 2, 4]
+    mx, my = sum(x) / 4, sum(y) / 4
+    rho = (sum((a - mx) * (b - my) for a, b in zip(x, y))
+           / math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y)))
+    assert text.startswith("Lowest error here: B = C (2.10); in the paper, of the same rows: "
+                           "B (0.10).")
+    assert f"Spearman ρ = {rho:.2f}" in text and f"{rho:.2f}" == "0.95"
+    flat = {n: {"xsim": 0.06} for n in "abcd"}
+    assert "undefined (all equal)" in agreement(results, flat, "xsim")
+    assert agreement(results[:2], paper, "xsim").endswith("in the paper, of the same rows: B (0.10).")
+    assert agreement(results, {}, "xsim") == "Lowest error here: B = C (2.10)."
