@@ -129,10 +129,10 @@ def parent_run(client: Any, experiment_id: str, table: str, uri: str,
     Concurrent cells (a parallel launcher) serialise on a lock file; on several machines
     without a shared temp folder two parents may appear, and every later cell uses the oldest.
     """
-    from clse.tracking import _file_lock
+    from clse.tracking.store import file_lock
 
     key = hashlib.sha256(f"{uri}|{experiment_id}|{table}".encode()).hexdigest()[:16]
-    with _file_lock(Path(tempfile.gettempdir()) / f"clse-grid-{key}.lock", timeout=120):
+    with file_lock(Path(tempfile.gettempdir()) / f"clse-grid-{key}.lock", timeout=120):
         found = search_runs(client, experiment_id, f"tags.`{TAG_PARENT_OF}` = '{table}'",
                         order=["attributes.start_time ASC"])
         if found:
