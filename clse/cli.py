@@ -354,6 +354,14 @@ def run_tracking(argv: list[str]) -> int:
     return 0
 
 
+def _report_options(parser: argparse.ArgumentParser) -> None:
+    """Where a report goes and which paper numbers it shows (clse report, clse grid)."""
+    parser.add_argument("--out", type=Path, default=Path("reports"),
+                        help="folder for <grid>.md and <grid>.png (default: reports/)")
+    parser.add_argument("--paper", type=Path, default=None,
+                        help="the paper's numbers (default: experiments/paper_numbers.yaml)")
+
+
 def run_report(argv: list[str]) -> int:
     """``clse report GRID [overrides] [--from CSV] [--export CSV] [--out DIR]``."""
     parser = argparse.ArgumentParser(
@@ -367,13 +375,10 @@ def run_report(argv: list[str]) -> int:
                         help="read the runs from a CSV written by --export, not from MLflow")
     parser.add_argument("--export", type=Path, default=None,
                         help="also write the grid's runs (params, metrics, tags) to this CSV")
-    parser.add_argument("--out", type=Path, default=Path("reports"),
-                        help="folder for <grid>.md and <grid>.png (default: reports/)")
+    _report_options(parser)
     parser.add_argument("--uri", default=None, help="MLflow tracking URI (default: as clse train)")
     parser.add_argument("--experiment", default=None,
                         help="MLflow experiment (default: the grid config's tracking.experiment)")
-    parser.add_argument("--paper", type=Path, default=None,
-                        help="the paper's numbers (default: experiments/paper_numbers.yaml)")
     args = parser.parse_args(argv)
     from clse.report import report
 
@@ -394,10 +399,7 @@ def run_grid(argv: list[str]) -> int:
                                      "configs/experiment/<name>.yaml")
     parser.add_argument("overrides", nargs="*",
                         help="hydra overrides for every cell (seed=0,1,2,3,4 sweeps more seeds)")
-    parser.add_argument("--out", type=Path, default=Path("reports"),
-                        help="folder for <grid>.md and <grid>.png (default: reports/)")
-    parser.add_argument("--paper", type=Path, default=None,
-                        help="the paper's numbers (default: experiments/paper_numbers.yaml)")
+    _report_options(parser)
     args = parser.parse_intermixed_args(argv)
     fixed, swept = _split_sweeps(args.overrides)
     code = run_train(["-m", f"experiment={args.grid}", *args.overrides])
