@@ -354,8 +354,12 @@ def run_tracking(argv: list[str]) -> int:
     return 0
 
 
-def _report_options(parser: argparse.ArgumentParser) -> None:
-    """Where a report goes and which paper numbers it shows (clse report, clse grid)."""
+def _grid_arguments(parser: argparse.ArgumentParser, overrides_help: str) -> None:
+    """What clse report and clse grid share: the grid, its overrides, where the report goes and
+    which paper numbers it shows."""
+    parser.add_argument("grid", help="the grid's experiment config: table5, table6, table11, "
+                                     "table12 or your own configs/experiment/<name>.yaml")
+    parser.add_argument("overrides", nargs="*", help=overrides_help)
     parser.add_argument("--out", type=Path, default=Path("reports"),
                         help="folder for <grid>.md and <grid>.png (default: reports/)")
     parser.add_argument("--paper", type=Path, default=None,
@@ -367,15 +371,12 @@ def run_report(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="clse report", description="an ablation grid's tracked runs as the paper's table "
         "(Markdown) and a plot, beside the paper's numbers")
-    parser.add_argument("grid", help="the grid's experiment config: table5, table6, table11, "
-                                     "table12 or your own configs/experiment/<name>.yaml")
-    parser.add_argument("overrides", nargs="*", help="the overrides the sweep ran with "
-                                                     "(they change the cells' config hashes)")
+    _grid_arguments(parser, "the overrides the sweep ran with (they change the cells' config "
+                            "hashes)")
     parser.add_argument("--from", dest="from_csv", type=Path, default=None,
                         help="read the runs from a CSV written by --export, not from MLflow")
     parser.add_argument("--export", type=Path, default=None,
                         help="also write the grid's runs (params, metrics, tags) to this CSV")
-    _report_options(parser)
     parser.add_argument("--uri", default=None, help="MLflow tracking URI (default: as clse train)")
     parser.add_argument("--experiment", default=None,
                         help="MLflow experiment (default: the grid config's tracking.experiment)")
@@ -395,11 +396,7 @@ def run_grid(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="clse grid", description="run an ablation grid's missing cells (clse train -m "
         "experiment=GRID; finished cells are skipped), then write its report (clse report GRID)")
-    parser.add_argument("grid", help="table5, table6, table11, table12 or your own "
-                                     "configs/experiment/<name>.yaml")
-    parser.add_argument("overrides", nargs="*",
-                        help="hydra overrides for every cell (seed=0,1,2,3,4 sweeps more seeds)")
-    _report_options(parser)
+    _grid_arguments(parser, "hydra overrides for every cell (seed=0,1,2,3,4 sweeps more seeds)")
     args = parser.parse_intermixed_args(argv)
     fixed, swept = _split_sweeps(args.overrides)
     code = run_train(["-m", f"experiment={args.grid}", *args.overrides])
