@@ -28,13 +28,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
 # Keys that do not change what a cell computes (dotted; a section name drops the whole section).
 NOT_HASHED = ("seed", "grid", "tracking", "progress", "run_name", "hydra", "trainer.resume",
               "trainer.threads", "trainer.log_every", "trainer.stop_after")
+# Keys added after grids had run, with the values that compute what runs made before the key
+# existed did: while a key holds one of them it is left out of the hash, so those runs keep their
+# identity (their cells are still found, and skipped). Compared after resolving the key.
+ADDED_LATER: dict[str, tuple] = {
+    "encoder.prompts": (None,),  # a text prefix for every sentence (none before)
+    "encoder.prompt": (None,),
+    "encoder.freeze": ([],),  # frozen encoder parts (none before)
+    # MEXMA: the MLM loss always trained the tied input embeddings before. Unset (null) equals that
+    # unless token_grads=false: such a row must set it (the grid rows do, through the budget)
+    "objective.tied_grads": (True, None),
+    "budget.tied_grads": (True,),
+}
 
 TAG_TABLE = "clse.grid.table"
 TAG_ROW = "clse.grid.row"
@@ -62,6 +74,20 @@ class Cell:
 def config_hash(cfg: DictConfig) -> str:
     """12 hex digits identifying what a run computes, seed excluded (see the module docstring)."""
     data = OmegaConf.to_container(cfg, resolve=False)
+    for key, neutral in ADDED_LATER.items():
+        try:
+            value = OmegaConf.select(cfg, key, default="<absent>")
+        except Exception:  # noqa: BLE001 - an unresolvable interpolation: keep the key hashed
+            continue
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value, resolve=True)
+        if any(value == n and type(value) is type(n) for n in neutral):
+            *parents, last = key.split(".")
+            node = data
+            for part in parents:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(last, None)
     for key in NOT_HASHED:
         *parents, last = key.split(".")
         node = data

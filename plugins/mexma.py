@@ -12,7 +12,12 @@ weight 0.01, averaged over A and B) act on the returned pair (S_A, S_B). The swi
 define the paper's ablations (Tables 5, 6, 11, 12):
 
 * ``token_grads=false``: the head sees ``[S_other, Â.detach()]``, so the MLM gradient reaches the
-  encoder only through the other language's sentence vector (Table 5 ①).
+  encoder's layers only through the other language's sentence vector (Table 5 ①).
+* ``tied_grads``: whether the MLM loss also trains the encoder's input embeddings through the
+  vocabulary projection tied to them. ``null`` (default) follows ``token_grads``: with
+  ``token_grads=false`` the projection uses a detached copy of the embedding weight, so the encoder
+  is reached *only* through the sentence vector ("sentence-level gradients only"). ``true`` keeps
+  the tie's gradient (the other reading of the paper's ablation; the tiny-start grids ran so).
 * ``symmetric=false``: two passes, one side masked and one clean, sides swapped at random per
   sample (Table 11 ①); the pair is then (masked-side vector, clean-side vector).
 * ``align=clean_masked``: align the masked CLS of A with the clean CLS of B (Table 11 ③).
@@ -47,6 +52,7 @@ class MexmaConfig:
     head_heads: int | None = None  # None: the encoder's number of heads (paper: 8)
     head_ffn: int | None = None  # None: the encoder's FFN size (paper: 3072)
     token_grads: bool = True
+    tied_grads: bool | None = None  # MLM grads into the input embeddings via the tie (null: = token_grads)
     symmetric: bool = True
     align: str = "clean"  # clean | clean_masked
 
@@ -54,8 +60,10 @@ class MexmaConfig:
 class UnmaskingHead(nn.Module):
     """Transformer stack without embeddings + vocabulary projection tied to the input embeddings."""
 
-    def __init__(self, encoder: nn.Module, layers: int, heads: int, ffn: int):
+    def __init__(self, encoder: nn.Module, layers: int, heads: int, ffn: int,
+                 tied_grads: bool = True):
         super().__init__()
+        self.tied_grads = tied_grads
         from transformers import XLMRobertaConfig
         from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaEncoder
 
@@ -94,7 +102,9 @@ class UnmaskingHead(nn.Module):
                                              attention_mask=attention_mask)
             h = self.layers(x, attention_mask=mask).last_hidden_state  # (B, T, D)
         picked = labels != -100
-        logits = F.linear(h[picked], self.embeddings.weight, self.bias)  # (M, V)
+        # tied_grads=false: the projection's gradient stops here instead of training the embeddings
+        weight = self.embeddings.weight if self.tied_grads else self.embeddings.weight.detach()
+        logits = F.linear(h[picked], weight, self.bias)  # (M, V)
         return F.cross_entropy(logits.float(), labels[picked])
 
 
@@ -109,9 +119,10 @@ class Mexma:
         self.cfg = cfg
         self.weight = cfg.weight
         model_cfg = encoder.model.config
+        tied = cfg.token_grads if cfg.tied_grads is None else cfg.tied_grads
         self.head = UnmaskingHead(encoder.model, cfg.head_layers,
                                   cfg.head_heads or model_cfg.num_attention_heads,
-                                  cfg.head_ffn or model_cfg.intermediate_size)
+                                  cfg.head_ffn or model_cfg.intermediate_size, tied_grads=tied)
         self._mask = Masker(cfg, encoder)
 
     def modules(self) -> nn.Module:

@@ -140,15 +140,19 @@ def test_token_grad_switch(tiny_bundle, batch, token_grads):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tiny_bundle.model.parameters())
 
 
-def test_token_grad_switch_changes_only_the_token_path(tiny_bundle, batch):
-    """Without token grads, encoder gradients equal those of the loss with Â detached by hand."""
-    obj, views, out = run(tiny_bundle, batch, token_grads=False)
+@pytest.mark.parametrize("tied_grads", [True, None])
+def test_token_grad_switch_changes_only_the_token_path(tiny_bundle, batch, tied_grads):
+    """Without token grads, encoder gradients equal those of the loss with Â detached by hand;
+    with tied_grads unset (strict reading), the tied projection weight is detached too, so the
+    encoder learns from the MLM loss only through the sentence vectors."""
+    obj, views, out = run(tiny_bundle, batch, token_grads=False, tied_grads=tied_grads)
     out.terms["mlm"].backward()
     got = [p.grad.clone() for p in tiny_bundle.model.parameters()]
     tiny_bundle.model.zero_grad()
     obj.head.zero_grad()
     obj2, views2, _ = run(tiny_bundle, batch, token_grads=True)
     obj2.head.load_state_dict(obj.head.state_dict())
+    obj2.head.tied_grads = bool(tied_grads)  # the hand computation's reading
     b = batch
     h_ma = views2._hidden["masked_a"].detach()
     h_mb = views2._hidden["masked_b"].detach()
