@@ -2,9 +2,10 @@
 
     s = h[:, 0]
 
-MEXMA (facebookresearch/mexma) and LaBSE use the raw position-0 state (no pooler dense/tanh
-layer). With right padding, position 0 is the ``<s>``/``[CLS]`` token of every row, so the mask
-is not needed.
+MEXMA (facebookresearch/mexma) uses the raw position-0 state (no pooler dense/tanh layer);
+LaBSE passes it through BERT's pooler, ``tanh(Dense(CLS))``, and L2-normalises it: that is
+``pooling=pooler`` (``recipe=labse``). With right padding, position 0 is the ``<s>``/``[CLS]``
+token of every row, so the mask is not needed.
 
 Shapes: ``hidden``: (B, T, D), ``attention_mask``: (B, T) -> (B, D).
 """
@@ -43,4 +44,4 @@ def build(cfg: ClsPoolingConfig) -> ClsPooling:
 @hookimpl
 def clse_poolings() -> list[PluginSpec]:
     return [PluginSpec(kind="pooling", name="cls", factory=build, config=ClsPoolingConfig,
-                       description="raw last-layer state at position 0 (MEXMA, LaBSE)")]
+                       description="raw last-layer state at position 0 (MEXMA)")]
