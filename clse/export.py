@@ -30,9 +30,10 @@ from clse.errors import ConfigError
 log = logging.getLogger("clse.export")
 
 ST_POOLING = {"cls": "cls", "mean": "mean", "weighted_mean": "weightedmean",
-              "last_token": "lasttoken"}
-"""clse pooling name -> SentenceTransformers ``Pooling`` mode with the same definition (tested)."""
-_CLSE_NAME = {mode: name for name, mode in ST_POOLING.items()}
+              "last_token": "lasttoken", "pooler": "cls"}
+"""clse pooling name -> SentenceTransformers ``Pooling`` mode with the same definition (tested);
+``pooler`` is CLS followed by a ``Dense(tanh)`` module holding the encoder's pooler weights."""
+_CLSE_NAME = {mode: name for name, mode in ST_POOLING.items() if name != "pooler"}
 
 _POOLING_TEXT = {
     "cls": "the last-layer hidden state of the first token (`<s>`, CLS)",
@@ -94,7 +95,7 @@ def export_sentence_transformers(model: Any, tokenizer: Any, out_dir: str | Path
         src = tmp / ".hf-src"
         _write_hf(model, tokenizer, src)
         _write_st(src, tokenizer, tmp, mode, max_seq_length, normalize, model, prompts=prompts,
-                  default_prompt_name=default_prompt_name)
+                  default_prompt_name=default_prompt_name, dense=pooling == "pooler")
         shutil.rmtree(src)
         if card is not None:
             _write_card(tmp, card)
@@ -124,7 +125,8 @@ def export_all(model: Any, tokenizer: Any, out_dir: str | Path, pooling: str = "
         _write_card(tmp / "hf", _hf_card(model, tokenizer, pooling=pooling))
         if mode is not None:
             _write_st(tmp / "hf", tokenizer, tmp / "sentence_transformers", mode, max_seq_length,
-                      normalize, model, prompts=prompts, default_prompt_name=default_prompt_name)
+                      normalize, model, prompts=prompts, default_prompt_name=default_prompt_name,
+                      dense=pooling == "pooler")
     out = Path(out_dir).resolve()
     paths = {"hf": out / "hf"}
     if mode is not None:
@@ -149,7 +151,7 @@ def _write_hf(model: Any, tokenizer: Any, folder: Path) -> None:
 
 def _write_st(hf_dir: Path, tokenizer: Any, folder: Path, mode: str, max_seq_length: int,
               normalize: bool, model: Any, prompts: dict[str, str] | None = None,
-              default_prompt_name: str | None = None) -> None:
+              default_prompt_name: str | None = None, dense: bool = False) -> None:
     """Build the pipeline with sentence-transformers' own classes from ``hf_dir`` and save it."""
     try:  # sentence-transformers >= 6
         from sentence_transformers.sentence_transformer.modules import (Normalize, Pooling,
@@ -163,6 +165,20 @@ def _write_st(hf_dir: Path, tokenizer: Any, folder: Path, mode: str, max_seq_len
     model_kwargs = {"add_pooling_layer": False} if _has_pooler_option(model) else {}
     transformer = Transformer(str(hf_dir), model_kwargs=dict(model_kwargs), max_seq_length=max_len)
     modules = [transformer, Pooling(int(model.config.hidden_size), pooling_mode=mode)]
+    if dense:  # the pooler pooling: the encoder's trained tanh(Dense(CLS)) as an ST module
+        import torch
+
+        try:  # sentence-transformers >= 6
+            from sentence_transformers.sentence_transformer.modules import Dense
+        except ImportError:
+            from sentence_transformers.models import Dense
+        pooler = getattr(model, "pooler", None)
+        if pooler is None:
+            raise ConfigError("pooling=pooler but the model has no pooler to export")
+        d = int(model.config.hidden_size)
+        modules.append(Dense(d, d, activation_function=torch.nn.Tanh(),
+                             init_weight=pooler.dense.weight.detach().float().cpu().clone(),
+                             init_bias=pooler.dense.bias.detach().float().cpu().clone()))
     if normalize:
         modules.append(Normalize())
     st = SentenceTransformer(modules=modules, device="cpu", prompts=dict(prompts or {}),
@@ -186,7 +202,8 @@ def _write_st(hf_dir: Path, tokenizer: Any, folder: Path, mode: str, max_seq_len
     if model_kwargs:
         cfg["model_kwargs"] = model_kwargs
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
-    _write_card(folder, _st_card(model, mode, max_len, normalize, prompts, default_prompt_name))
+    _write_card(folder, _st_card(model, mode, max_len, normalize, prompts, default_prompt_name,
+                                 dense))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -295,8 +312,10 @@ adds a randomly initialised pooler, which the sentence vectors above do not use)
 
 
 def _st_card(model: Any, mode: str, max_len: int, normalize: bool,
-             prompts: dict[str, str] | None = None, default_prompt_name: str | None = None) -> str:
-    norm = " and L2-normalised" if normalize else " (not normalised)"
+             prompts: dict[str, str] | None = None, default_prompt_name: str | None = None,
+             dense: bool = False) -> str:
+    norm = (" through the pooler (tanh(Dense(CLS)))" if dense else "") + (
+        " and L2-normalised" if normalize else " (not normalised)")
     if prompts:
         listed = ", ".join(f"`{k}`: `{v!r}`" for k, v in prompts.items())
         norm += (f". Texts get a prompt prefix ({listed}; default "
@@ -309,7 +328,7 @@ tags: [clse, sentence-transformers, sentence-embeddings, cross-lingual]
 # Cross-lingual sentence encoder (SentenceTransformers format)
 
 Exported by clse {_clse_version()}; loads with stock sentence-transformers modules only
-(`Transformer` -> `Pooling(pooling_mode="{mode}")`{" -> `Normalize`" if normalize else ""}), no clse
+(`Transformer` -> `Pooling(pooling_mode="{mode}")`{" -> `Dense(tanh)`" if dense else ""}{" -> `Normalize`" if normalize else ""}), no clse
 needed. Sentence vectors are {_POOLING_TEXT[_CLSE_NAME[mode]]}{norm}; inputs are truncated to {max_len} tokens.
 Architecture: `{type(model).__name__}`, hidden size {model.config.hidden_size},
 {model.config.num_hidden_layers} layers.

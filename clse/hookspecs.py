@@ -40,6 +40,8 @@ class PluginSpec:
             in hydra's ConfigStore as ``<kind>/<name>``, so ``clse train <kind>=<name>`` works
             without any YAML file. ``None`` means the plugin takes no options.
         description: one line shown by ``clse plugins``.
+        takes_encoder: a pooling whose factory needs the encoder (``factory(cfg,
+            encoder=EncoderBundle)``), e.g. one with trainable weights it attaches to the model.
     """
 
     kind: str
@@ -48,6 +50,7 @@ class PluginSpec:
     config: type | None = None
     description: str = ""
     extra: dict = field(default_factory=dict)
+    takes_encoder: bool = False
 
 
 class ClseHookSpecs:
@@ -63,7 +66,8 @@ class ClseHookSpecs:
 
     @hookspec
     def clse_poolings(self) -> list[PluginSpec]:
-        """Poolings: ``factory(cfg) -> Pooling`` mapping (hidden, mask) to sentence vectors."""
+        """Poolings: ``factory(cfg) -> Pooling`` mapping (hidden, mask) to sentence vectors
+        (``factory(cfg, encoder=EncoderBundle)`` when the spec says ``takes_encoder``)."""
 
     @hookspec
     def clse_objectives(self) -> list[PluginSpec]:

@@ -26,10 +26,19 @@ class EncoderBundle:
     model: nn.Module  # e.g. transformers.XLMRobertaModel without pooling layer
     tokenizer: Any  # a transformers PreTrainedTokenizerFast
     source: str = ""  # where it came from (preset name, folder, hub id)
+    info: Any = None  # clse.model.loader.ModelInfo: how a loaded folder embeds by itself
+    prompts: dict[str, str] = field(default_factory=dict)  # text prefixes by name (e5: query:)
+    prompt_name: str | None = None  # the prompt both sides get in training and evaluation
+    frozen: list[str] = field(default_factory=list)  # parameter names without gradients
 
     @property
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
+
+    @property
+    def prompt(self) -> str:
+        """The text prepended to every sentence (``""``: none)."""
+        return self.prompts.get(self.prompt_name or "", "")
 
 
 class Pooling(Protocol):

@@ -115,6 +115,13 @@ class Registry:
         if name is None:
             raise PluginError(f"the {kind} config has no `name`; choose one of {self.names(kind)}")
         spec = self.get(kind, name)
+        if kind == "pooling":  # the encoder only for poolings that declare they need it
+            encoder = kwargs.pop("encoder", None)
+            if spec.takes_encoder:
+                if encoder is None:
+                    raise PluginError(f"pooling {name!r} needs the encoder it pools (its weights "
+                                      f"live in the model); build it with encoder=...")
+                kwargs["encoder"] = encoder
         return spec.factory(to_dataclass(spec, cfg), **kwargs)
 
     def config_dirs(self) -> list[str]:

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from clse.hookspecs import PluginSpec, hookimpl
 from clse.interfaces import EncoderBundle, ObjectiveOutput, Views
 from clse.data.masking import Masker
+from clse.model.packing import position_offsets
 from clse_plugins.mlm import MlmHead
 
 
@@ -48,14 +49,17 @@ class TlmConfig:
 
 
 def concat_pair(a_ids: Tensor, a_mask: Tensor, b_ids: Tensor, b_mask: Tensor, *, bos_id: int,
-                eos_id: int, pad_id: int, padding_idx: int) -> tuple[Tensor, Tensor, Tensor]:
+                eos_id: int, pad_id: int, padding_idx: int,
+                first_position: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Concatenate padded pairs into ``<s> a </s> </s> b </s>``, re-padded to the longest row.
 
     Padding of A and B is dropped, B's leading ``<s>`` (when present) is replaced by the ``</s>``
     separator. Returns ``(ids, mask, position_ids)``, each (B, T); positions are
-    ``padding_idx + 1 + index within the segment`` (the second segment starts at the separator)
-    and ``padding_idx`` on padding.
+    ``first_position + index within the segment`` (the second segment starts at the separator)
+    and ``padding_idx`` on padding. ``first_position`` is the model's first position id:
+    ``padding_idx + 1`` for XLM-R (the default), 0 for BERT.
     """
+    first = padding_idx + 1 if first_position is None else first_position
     rows, segments = [], []
     for i in range(a_ids.shape[0]):
         a = a_ids[i][a_mask[i].bool()]
@@ -73,8 +77,8 @@ def concat_pair(a_ids: Tensor, a_mask: Tensor, b_ids: Tensor, b_mask: Tensor, *,
     for i, (row, (la, lb)) in enumerate(zip(rows, segments)):
         ids[i, :len(row)] = row
         mask[i, :len(row)] = 1
-        pos[i, :la] = padding_idx + 1 + torch.arange(la, device=a_ids.device)
-        pos[i, la:la + lb] = padding_idx + 1 + torch.arange(lb, device=a_ids.device)
+        pos[i, :la] = first + torch.arange(la, device=a_ids.device)
+        pos[i, la:la + lb] = first + torch.arange(lb, device=a_ids.device)
     return ids, mask, pos
 
 
@@ -91,8 +95,8 @@ class Tlm:
             return int(getattr(model_cfg, f"{name}_token_id") if value is None else value)
 
         self.bos_id, self.eos_id, self.pad_id = token("bos"), token("eos"), token("pad")
-        padding_idx = getattr(getattr(encoder.model, "embeddings", None), "padding_idx", None)
-        self.padding_idx = int(model_cfg.pad_token_id if padding_idx is None else padding_idx)
+        # XLM-R numbers positions from padding_idx + 1 (padding at padding_idx), BERT from 0
+        self.first_position, self.padding_idx = position_offsets(encoder.model)
 
     def modules(self) -> nn.Module:
         return self.head
@@ -100,7 +104,8 @@ class Tlm:
     def concat(self, views: Views) -> tuple[Tensor, Tensor, Tensor]:
         b = views.batch
         return concat_pair(b.a_ids, b.a_mask, b.b_ids, b.b_mask, bos_id=self.bos_id,
-                           eos_id=self.eos_id, pad_id=self.pad_id, padding_idx=self.padding_idx)
+                           eos_id=self.eos_id, pad_id=self.pad_id, padding_idx=self.padding_idx,
+                           first_position=self.first_position)
 
     def __call__(self, views: Views) -> ObjectiveOutput:
         ids, mask, pos = self.concat(views)

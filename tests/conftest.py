@@ -27,6 +27,21 @@ def tiny_xlmr(vocab_size: int = VOCAB, hidden: int = 32, layers: int = 2, heads:
     return XLMRobertaModel(cfg, add_pooling_layer=False)
 
 
+def tiny_bert(vocab_size: int = VOCAB, hidden: int = 32, layers: int = 2, heads: int = 2,
+              max_positions: int = 66):
+    """A BERT-architecture encoder (multilingual-e5's family): absolute positions from 0, token
+    types, a pad id that is not <s>."""
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                     num_attention_heads=heads, intermediate_size=2 * hidden,
+                     max_position_embeddings=max_positions, pad_token_id=SPECIAL["pad"],
+                     type_vocab_size=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    return BertModel(cfg, add_pooling_layer=False)
+
+
 def fake_tokenizer():
     return SimpleNamespace(mask_token_id=SPECIAL["mask"], pad_token_id=SPECIAL["pad"],
                            all_special_ids=list(SPECIAL.values()))

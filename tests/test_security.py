@@ -51,7 +51,7 @@ def test_train_and_eval_make_no_network_call(tmp_path):
 def test_a_pickle_only_model_folder_is_refused(tmp_path):
     from clse.errors import ClseError
     from clse.eval.model import load_eval_model
-    from clse_plugins.xlmr import load_pretrained
+    from clse.model.loader import load_encoder as load_pretrained
 
     model = tiny_xlmr()
     model.save_pretrained(tmp_path)  # then swap the weights for a pickle: pytorch_model.bin only
@@ -92,7 +92,7 @@ def test_a_malicious_optimizer_pickle_does_not_run(tmp_path):
 def test_remote_code_in_a_model_folder_is_not_run(tmp_path):
     """A folder whose config maps to its own Python code: clse refuses instead of importing it."""
     from clse.errors import ClseError
-    from clse_plugins.xlmr import load_pretrained
+    from clse.model.loader import load_encoder as load_pretrained
 
     marker = tmp_path / "imported"
     tiny_xlmr().save_pretrained(tmp_path)

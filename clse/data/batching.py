@@ -57,13 +57,15 @@ class TokenLengths:
             (another tokeniser, tests); its counts are clipped to ``max_length``.
         max_length: the collator's ``max_length``.
         chunk_size: texts per tokenizer call.
+        prompt: the collator's prompt (prepended to every text before counting).
     """
 
     def __init__(self, pairs: Sequence[Pair], tokenizer: Any, max_length: int = 200,
-                 chunk_size: int = 4096):
+                 chunk_size: int = 4096, prompt: str = ""):
         if max_length < 2:
             raise ConfigError(f"data.max_length must be >= 2, got {max_length}")
         self.pairs, self.max_length, self.chunk_size = pairs, int(max_length), int(chunk_size)
+        self.prompt = prompt
         self._count = self._tokenizer_counter(tokenizer) if hasattr(tokenizer, "model_max_length") \
             else tokenizer
         self._a = np.full(len(pairs), -1, dtype=np.int32)
@@ -82,6 +84,8 @@ class TokenLengths:
 
     def _tokenizer_counter(self, tokenizer: Any) -> Callable[[list[str]], list[int]]:
         def count(texts: list[str]) -> list[int]:
+            if self.prompt:
+                texts = [self.prompt + t for t in texts]
             ids = tokenizer(texts, truncation=True, max_length=self.max_length,
                             add_special_tokens=True, return_attention_mask=False,
                             return_token_type_ids=False)["input_ids"]
@@ -357,7 +361,8 @@ class BatchPlanner:
 
 
 def planner_from_config(data: Mapping[str, Any], sampler: LanguageSampler, pairs: Sequence[Pair],
-                        tokenizer: Any, *, rank: int = 0, world_size: int = 1) -> BatchPlanner:
+                        tokenizer: Any, *, rank: int = 0, world_size: int = 1,
+                        prompt: str = "") -> BatchPlanner:
     """The planner for a ``data`` config section; keys absent from older configs take defaults.
 
     Reads ``batch_size``, ``bucket`` (1), ``max_tokens`` (None), ``token_cost`` (``padded``),
@@ -367,8 +372,8 @@ def planner_from_config(data: Mapping[str, Any], sampler: LanguageSampler, pairs
     bucket = data.get("bucket", 1)
     max_tokens = data.get("max_tokens", None)
     needs_lengths = max_tokens is not None or (isinstance(bucket, int) and bucket > 1)
-    lengths = TokenLengths(pairs, tokenizer, max_length=data.get("max_length", 200)) \
-        if needs_lengths else None
+    lengths = TokenLengths(pairs, tokenizer, max_length=data.get("max_length", 200),
+                           prompt=prompt) if needs_lengths else None
     return BatchPlanner(sampler, data.get("batch_size", 32), bucket=bucket, max_tokens=max_tokens,
                         cost=data.get("token_cost", "padded"),
                         max_sentences=data.get("max_sentences", None), lengths=lengths,

@@ -23,9 +23,11 @@ class Collator:
     Args:
         tokenizer: a Hugging Face fast tokenizer with a pad token.
         max_length: the longest sequence kept (MEXMA: 200).
+        prompt: text prepended to every sentence of both sides (e5: ``"query: "``). The
+            duplicate keys are of the sentences without it.
     """
 
-    def __init__(self, tokenizer: Any, max_length: int = 200):
+    def __init__(self, tokenizer: Any, max_length: int = 200, prompt: str = ""):
         if tokenizer.pad_token_id is None:
             raise ConfigError("the tokenizer has no pad token; set tokenizer.pad_token")
         if (isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral)
@@ -34,8 +36,11 @@ class Collator:
                               f"special tokens included), got {max_length!r}")
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
+        self.prompt = prompt or ""
 
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.prompt:
+            texts = [self.prompt + t for t in texts]
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length,
                              padding="longest", return_tensors="pt")
         return enc["input_ids"].long(), enc["attention_mask"].long()

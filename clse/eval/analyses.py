@@ -272,7 +272,8 @@ def token_matching(model: Any, sentences: Mapping[str, Sequence[str]], *, pivot:
     def tokens_of(lang: str):
         """Yield (sentence idx (N,), position (N,), token id (N,), unit vectors (N, D))."""
         for batch in model.token_batches(list(sentences[lang]), batch_size):
-            mask = batch.attention_mask.bool()
+            # the prompt's tokens (e5's "query:") are the same in every sentence: never matched
+            mask = batch.attention_mask.bool() & ~batch.prompt_mask()
             if not include_special:
                 mask = mask & ~special_token_mask(batch.input_ids, batch.attention_mask, tokenizer)
             rows, pos = mask.nonzero(as_tuple=True)

@@ -50,9 +50,11 @@ def evaluate_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     torch.manual_seed(int(cfg.seed))
     device = resolve_device(cfg.device)
     uri = cfg.tracking.uri or default_tracking_uri()
-    model: EvalModel = load_eval_model(str(cfg.model), pooling=cfg.pooling,
-                                       max_length=int(cfg.eval.max_length), device=str(device),
-                                       tracking_uri=uri)
+    pooling = cfg.get("pooling")  # a pooling group's config ({name, options}) or None
+    model: EvalModel = load_eval_model(
+        str(cfg.model), pooling=OmegaConf.to_container(pooling) if pooling is not None else None,
+        prompt=cfg.get("prompt"), max_length=int(cfg.eval.max_length), device=str(device),
+        tracking_uri=uri)
     model.autocast_dtype = autocast_dtype(cfg.precision, device)
     evaluators = {key: registry().build("evaluator", ev_cfg)
                   for key, ev_cfg in (cfg.eval.get("evaluators") or {}).items()}

@@ -22,7 +22,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -34,8 +34,6 @@ from clse.model.sentence_encoder import ClseSentenceEncoder
 log = logging.getLogger("clse.eval")
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-_ST_MODES = {"cls": "cls", "mean": "mean", "weightedmean": "weighted_mean",
-             "lasttoken": "last_token"}  # SentenceTransformers Pooling mode -> clse pooling
 
 
 @dataclass
@@ -52,6 +50,13 @@ class TokenBatch:
     attention_mask: torch.Tensor  # (B, T)
     hidden_states: tuple[torch.Tensor, ...]  # L + 1 x (B, T, D), float32 on CPU
     attentions: torch.Tensor | None = None  # (B, H, T, T), float32 on CPU
+    prompt_tokens: int = 0  # tokens of the prompt (e5's "query:") after position 0 of every row
+
+    def prompt_mask(self) -> torch.Tensor:
+        """(B, T) bool: the prompt's token positions (the same text before every sentence)."""
+        mask = torch.zeros_like(self.attention_mask, dtype=torch.bool)
+        mask[:, 1:1 + self.prompt_tokens] = True
+        return mask & self.attention_mask.bool()
 
 
 class EvalModel(ClseSentenceEncoder):
@@ -64,31 +69,52 @@ class EvalModel(ClseSentenceEncoder):
             plugin's) or a callable ``(hidden, mask) -> vectors``.
         name: how results name this model.
         sentence_transformer: when set, :meth:`encode` uses it (the folder's own pipeline).
+        prompt: text put before every sentence (e5: ``"query: "``).
+        cache: keep each sentence's vector for later calls (off for speed measurements).
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any, pooling: Any = "cls", *, name: str = "",
                  max_length: int = 200, device: str | torch.device = "cpu",
-                 autocast_dtype: torch.dtype | None = None, sentence_transformer: Any = None):
-        from clse.plugins import registry
-
-        self.pooling_name = pooling if isinstance(pooling, str) else getattr(pooling, "name", "")
-        if isinstance(pooling, str):
-            pooling = registry().build("pooling", {"name": pooling})
-        super().__init__(model, tokenizer, pooling, max_length=max_length, device=device,
-                         autocast_dtype=autocast_dtype)
+                 autocast_dtype: torch.dtype | None = None, sentence_transformer: Any = None,
+                 prompt: str = "", cache: bool = True):
+        self.pooling_name = pooling_name(pooling)
+        super().__init__(model, tokenizer, build_pooling(pooling, model), max_length=max_length,
+                         device=device, autocast_dtype=autocast_dtype, prompt=prompt)
         self.name = name
         self.sentence_transformer = sentence_transformer
+        self.cache_vectors = cache  # off: every call encodes (speed benchmarks)
+        self._cache: dict[str, np.ndarray] = {}  # sentence -> vector (the model is not trained
+        # while an EvalModel lives: training builds a new one for every evaluation)
+
+    @property
+    def prompt_tokens(self) -> int:
+        """How many tokens the prompt adds after the first special token (0 without one);
+        a prompt ending in a space joins no word (Metaspace tokenizers)."""
+        if not self.prompt.strip():
+            return 0
+        return len(self.tokenizer(self.prompt.rstrip(), add_special_tokens=False)["input_ids"])
 
     @property
     def num_layers(self) -> int:
         return int(self.model.config.num_hidden_layers)
 
     def encode(self, sentences: Sequence[str], batch_size: int = 64, **kwargs: Any) -> np.ndarray:
-        if self.sentence_transformer is not None:
-            return np.asarray(self.sentence_transformer.encode(
-                list(sentences), batch_size=batch_size, show_progress_bar=False,
-                convert_to_numpy=True), dtype=np.float32)
-        return super().encode(sentences, batch_size=batch_size, **kwargs)
+        """Sentence vectors; each distinct sentence is encoded once per :class:`EvalModel` (the
+        evaluators of one ``clse eval`` share FLORES' sentences: xsim, xsim++, MTEB)."""
+        if not self.cache_vectors:
+            self._cache.clear()
+        missing = list(dict.fromkeys(s for s in sentences if s not in self._cache))
+        if missing:
+            if self.sentence_transformer is not None:
+                vecs = np.asarray(self.sentence_transformer.encode(
+                    missing, batch_size=batch_size, show_progress_bar=False,
+                    convert_to_numpy=True), dtype=np.float32)
+            else:
+                vecs = super().encode(missing, batch_size=batch_size, **kwargs)
+            self._cache.update(zip(missing, vecs))
+        if not sentences:
+            return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
+        return np.stack([self._cache[s] for s in sentences])
 
     @torch.no_grad()
     def token_batches(self, sentences: Sequence[str], batch_size: int = 32, *,
@@ -100,10 +126,7 @@ class EvalModel(ClseSentenceEncoder):
         try:
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
-                enc = self.tokenizer([sentences[i] for i in idx], padding=True, truncation=True,
-                                     max_length=self.max_length, return_tensors="pt")
-                ids = enc["input_ids"].to(self.device)
-                mask = enc["attention_mask"].to(self.device)
+                ids, mask = self.tokenize([sentences[i] for i in idx])
                 out = self._forward_all(ids, mask, attentions)
                 att = None
                 if attentions:
@@ -112,7 +135,8 @@ class EvalModel(ClseSentenceEncoder):
                                         f"(its attention implementation cannot output them)")
                     att = out.attentions[-1].float().cpu()
                 yield TokenBatch(idx, ids.cpu(), mask.cpu(),
-                                 tuple(h.float().cpu() for h in out.hidden_states), att)
+                                 tuple(h.float().cpu() for h in out.hidden_states), att,
+                                 prompt_tokens=self.prompt_tokens)
         finally:
             self.model.train(was_training)
 
@@ -134,98 +158,130 @@ class EvalModel(ClseSentenceEncoder):
 
 # ----------------------------------------------------------------------------- loading
 
-def load_eval_model(spec: str, *, pooling: str | None = None, max_length: int = 200,
-                    device: str = "cpu", tracking_uri: str | None = None) -> EvalModel:
-    """Open ``spec`` (see the module docstring); ``pooling=None`` takes the model's own."""
+def pooling_name(pooling: Any) -> str:
+    """The name of a pooling given as a name, a config (``{name: ..., ...}``) or a callable."""
+    if isinstance(pooling, str):
+        return pooling
+    if isinstance(pooling, Mapping) or hasattr(pooling, "get"):
+        return str(pooling.get("name", ""))
+    return str(getattr(pooling, "name", ""))
+
+
+def build_pooling(pooling: Any, model: nn.Module | None = None) -> Any:
+    """A pooling callable from a name, a config with options, or a callable (kept); ``model``
+    is passed to poolings that live in it (e.g. ``pooler``)."""
+    from clse.interfaces import EncoderBundle
+    from clse.plugins import registry
+
+    encoder = EncoderBundle(model=model, tokenizer=None) if model is not None else None
+    if isinstance(pooling, str):
+        return registry().build("pooling", {"name": pooling}, encoder=encoder)
+    if isinstance(pooling, Mapping) or (hasattr(pooling, "get") and not callable(pooling)):
+        return registry().build("pooling", pooling, encoder=encoder)
+    return pooling
+
+
+def load_eval_model(spec: str, *, pooling: Any = None, prompt: str | None = None,
+                    max_length: int = 200, device: str = "cpu",
+                    tracking_uri: str | None = None) -> EvalModel:
+    """Open ``spec`` (see the module docstring).
+
+    ``pooling=None`` and ``prompt=None`` take the model's own (a run's config, a
+    SentenceTransformers folder's modules and default prompt); ``prompt=""`` means none.
+    """
     path = Path(spec).expanduser()
     if path.is_dir():
         if (path / "modules.json").is_file():
-            return _from_sentence_transformers(path, pooling, max_length, device)
+            return _from_sentence_transformers(path, pooling, prompt, max_length, device)
         if (path / "config.json").is_file():
-            return _from_hf(str(path), pooling or "cls", max_length, device, name=str(path))
+            return _from_hf(str(path), pooling or "cls", prompt or "", max_length, device,
+                            name=str(path))
         if (path / ".hydra").is_dir() or (path / "checkpoints").is_dir():
-            return _from_run_dir(path, pooling, max_length, device)
+            return _from_run_dir(path, pooling, prompt, max_length, device)
         raise ClseError(f"model {spec!r} is a folder but not a clse run (no .hydra/ or "
                         f"checkpoints/), a SentenceTransformers folder (no modules.json) or a "
                         f"Hugging Face folder (no config.json)")
     if _RUN_ID.match(spec):
-        return _from_run_dir(_run_dir_of(spec, tracking_uri), pooling, max_length, device)
+        return _from_run_dir(_run_dir_of(spec, tracking_uri), pooling, prompt, max_length, device)
     if spec.count("/") > 1 or spec.startswith((".", "/", "~")) or path.exists():
         raise ClseError(f"model {spec!r}: no such folder (expected a clse run folder, an MLflow "
                         f"run id, a SentenceTransformers or Hugging Face folder, or a hub name)")
-    return _from_hf(spec, pooling or "cls", max_length, device, name=spec)
+    return _from_hf(spec, pooling or "cls", prompt or "", max_length, device, name=spec)
 
 
-def _from_hf(name_or_path: str, pooling: str, max_length: int, device: str, *,
+def _from_hf(name_or_path: str, pooling: Any, prompt: str, max_length: int, device: str, *,
              name: str) -> EvalModel:
-    from transformers import AutoModel, AutoTokenizer
+    from clse.model.loader import load_encoder
 
     try:
         # untrusted folders: safetensors weights only (no pickle), no code from the folder
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
-        kwargs = {"add_pooling_layer": False} if _has_pooler_option(name_or_path) else {}
-        model = AutoModel.from_pretrained(name_or_path, attn_implementation="sdpa",
-                                          use_safetensors=True, trust_remote_code=False, **kwargs)
-    except (OSError, ValueError) as exc:  # missing files; refused pickle or remote code
-        raise ClseError(f"cannot load model {name_or_path!r}: {exc}".splitlines()[0]
-                        + " (a hub name needs the network or the local Hugging Face cache)") from exc
-    return EvalModel(model.to(device).eval(), tokenizer, pooling, name=name,
-                     max_length=max_length, device=device)
+        bundle = load_encoder(name_or_path)
+    except ClseError as exc:
+        raise ClseError(f"cannot load model {name_or_path!r}: {exc}"
+                        + (" (a hub name needs the network or the local Hugging Face cache)"
+                           if not Path(name_or_path).exists() else "")) from exc
+    return EvalModel(bundle.model.to(device).eval(), bundle.tokenizer, pooling, name=name,
+                     max_length=max_length, device=device, prompt=prompt)
 
 
-def _has_pooler_option(name_or_path: str) -> bool:
-    from transformers import AutoConfig
-
-    arch = (AutoConfig.from_pretrained(name_or_path, trust_remote_code=False).architectures
-            or [""])[0]
-    return arch.endswith("Model") and any(k in arch.lower() for k in ("bert", "roberta"))
-
-
-def _from_sentence_transformers(path: Path, pooling: str | None, max_length: int,
+def _from_sentence_transformers(path: Path, pooling: Any, prompt: str | None, max_length: int,
                                 device: str) -> EvalModel:
+    """Sentence vectors through SentenceTransformers itself when the pooling and prompt asked
+    for are the folder's own (so extra modules such as ``Normalize`` are honoured); token-level
+    states (analyses) through clse with the same prompt."""
     from sentence_transformers import SentenceTransformer
 
+    from clse.model.loader import model_info
+
+    info = model_info(path)
     st = SentenceTransformer(str(path), device=device, trust_remote_code=False,
                              model_kwargs={"use_safetensors": True})
-    transformer = st[0]
-    mode = None
-    for module in st:
-        cfg = getattr(module, "get_config_dict", lambda: {})()
-        if "pooling_mode" in cfg or any(k.startswith("pooling_mode_") for k in cfg):
-            mode = _st_pooling(cfg)
-    own = _ST_MODES.get(mode or "")
-    if pooling is None and own is None:
-        raise ClseError(f"{path}: SentenceTransformers pooling {mode!r} has no clse equivalent; "
-                        f"pass pooling=cls|mean|weighted_mean|last_token for the layer analyses")
-    model = transformer.auto_model
-    return EvalModel(model.eval(), st.tokenizer, pooling or own, name=str(path),
+    own_pooling, own_prompt = info.pooling, info.default_prompt
+    if pooling is None and own_pooling is None:
+        raise ClseError(f"{path}: its SentenceTransformers pooling has no clse equivalent; pass "
+                        f"pooling=cls|mean|weighted_mean|last_token for the layer analyses")
+    chosen_prompt = own_prompt if prompt is None else prompt
+    same = (pooling is None or pooling_name(pooling) == own_pooling) and chosen_prompt == own_prompt
+    if same and not info.include_prompt and chosen_prompt:
+        log.warning("%s pools without its prompt's tokens (include_prompt=false): sentence "
+                    "vectors come from SentenceTransformers, layer analyses pool the prompt too",
+                    path)
+    model = st[0].auto_model
+    return EvalModel(model.eval(), st.tokenizer, pooling or own_pooling, name=str(path),
                      max_length=min(max_length, int(st.max_seq_length or max_length)),
-                     device=device, sentence_transformer=st if pooling in (None, own) else None)
+                     device=device, sentence_transformer=st if same else None,
+                     prompt=chosen_prompt)
 
 
-def _st_pooling(cfg: dict) -> str | None:
-    if isinstance(cfg.get("pooling_mode"), str):
-        return cfg["pooling_mode"]
-    on = [k[len("pooling_mode_"):] for k, v in cfg.items() if k.startswith("pooling_mode_") and v]
-    names = {"cls_token": "cls", "mean_tokens": "mean", "weightedmean_tokens": "weightedmean",
-             "lasttoken": "lasttoken", "max_tokens": "max"}
-    return names.get(on[0], on[0]) if len(on) == 1 else None
-
-
-def _from_run_dir(run_dir: Path, pooling: str | None, max_length: int, device: str) -> EvalModel:
+def _from_run_dir(run_dir: Path, pooling: Any, prompt: str | None, max_length: int,
+                  device: str) -> EvalModel:
+    """A clse run: its export (or newest intact checkpoint), with the run's pooling (and its
+    options) and the prompt it trained with."""
     from omegaconf import OmegaConf
 
     cfg_file = run_dir / ".hydra" / "config.yaml"
-    run_pooling = OmegaConf.load(cfg_file).pooling.name if cfg_file.is_file() else "cls"
+    run_pooling: Any = "cls"
+    if cfg_file.is_file():
+        run_pooling = OmegaConf.to_container(OmegaConf.load(cfg_file).pooling, resolve=False)
     hf = run_dir / "export" / "hf"
-    if not hf.is_dir():
+    run_prompt = ""
+    if hf.is_dir():
+        st_dir = run_dir / "export" / "sentence_transformers"
+        if (st_dir / "modules.json").is_file():
+            from clse.model.loader import model_info
+
+            run_prompt = model_info(st_dir).default_prompt
+    else:
         from clse.train.checkpoint import find_resumable
 
         ckpt = find_resumable(run_dir)
         if ckpt is None:
             raise ClseError(f"run {run_dir} has neither export/hf nor an intact checkpoint")
         hf = ckpt / "encoder"
-    return _from_hf(str(hf), pooling or run_pooling, max_length, device, name=str(run_dir))
+        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+        run_prompt = (state.get("prompts") or {}).get(state.get("prompt_name") or "", "")
+    return _from_hf(str(hf), pooling or run_pooling, run_prompt if prompt is None else prompt,
+                    max_length, device, name=str(run_dir))
 
 
 def _run_dir_of(run_id: str, tracking_uri: str | None) -> Path:
@@ -248,7 +304,8 @@ def _run_dir_of(run_id: str, tracking_uri: str | None) -> Path:
 def describe(model: EvalModel) -> dict[str, Any]:
     """What results files record about the model."""
     cfg = model.model.config
-    return {"name": model.name, "pooling": model.pooling_name, "architecture":
+    return {"name": model.name, "pooling": model.pooling_name, "prompt": model.prompt,
+            "architecture":
             (cfg.architectures or [type(model.model).__name__])[0],
             "layers": int(cfg.num_hidden_layers), "hidden_size": int(cfg.hidden_size),
             "max_length": model.max_length}

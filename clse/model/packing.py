@@ -75,13 +75,23 @@ class Packing:
                 "max_length_q": self.max_len, "max_length_k": self.max_len}
 
 
+def position_offsets(model: nn.Module) -> tuple[int, int]:
+    """``(first, padding)``: the position id of a sentence's first token and of padding, as
+    ``model`` numbers them (RoBERTa/XLM-R: ``padding_idx + 1`` and ``padding_idx``; BERT-like: 0)."""
+    embeddings = getattr(model, "embeddings", None)
+    if (getattr(embeddings, "create_position_ids_from_input_ids", None) is not None
+            and getattr(embeddings, "padding_idx", None) is not None):
+        return int(embeddings.padding_idx) + 1, int(embeddings.padding_idx)
+    return 0, 0
+
+
 def own_position_ids(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """(B, T) position ids as ``model`` numbers each padded row alone (RoBERTa/XLM-R: from
     ``padding_idx + 1``; BERT-like: from 0)."""
     embeddings = getattr(model, "embeddings", None)
-    make = getattr(embeddings, "create_position_ids_from_input_ids", None)
-    if make is not None and getattr(embeddings, "padding_idx", None) is not None:
-        return make(input_ids, embeddings.padding_idx)
+    first, _ = position_offsets(model)
+    if first:
+        return embeddings.create_position_ids_from_input_ids(input_ids, embeddings.padding_idx)
     return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
 
 

@@ -12,16 +12,26 @@ from clse.interfaces import Pooling
 
 
 class ClseSentenceEncoder:
-    """``encode(sentences) -> (N, D) float32``; batches are sorted by length to limit padding."""
+    """``encode(sentences) -> (N, D) float32``; batches are sorted by length to limit padding.
+
+    ``prompt`` is prepended to every sentence (e5: ``"query: "``), as in training."""
 
     def __init__(self, model: nn.Module, tokenizer, pooling: Pooling, *, max_length: int = 200,
-                 device: str | torch.device = "cpu", autocast_dtype: torch.dtype | None = None):
+                 device: str | torch.device = "cpu", autocast_dtype: torch.dtype | None = None,
+                 prompt: str = ""):
         self.model = model
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.max_length = max_length
         self.device = torch.device(device)
         self.autocast_dtype = autocast_dtype
+        self.prompt = prompt or ""
+
+    def tokenize(self, sentences: Sequence[str]):
+        """Padded ids and mask (on the device) of ``sentences`` with the prompt."""
+        enc = self.tokenizer([self.prompt + s for s in sentences], padding=True, truncation=True,
+                             max_length=self.max_length, return_tensors="pt")
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
     @torch.no_grad()
     def encode(self, sentences: Sequence[str], batch_size: int = 64, **_: object) -> np.ndarray:
@@ -32,10 +42,7 @@ class ClseSentenceEncoder:
         try:
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
-                enc = self.tokenizer([sentences[i] for i in idx], padding=True, truncation=True,
-                                     max_length=self.max_length, return_tensors="pt")
-                ids = enc["input_ids"].to(self.device)
-                mask = enc["attention_mask"].to(self.device)
+                ids, mask = self.tokenize([sentences[i] for i in idx])
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                     enabled=self.autocast_dtype is not None):
                     hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from clse.errors import ConfigError
 from clse.interfaces import EncoderBundle
 from clse.plugins import registry
+
+log = logging.getLogger("clse.train")
 
 
 @dataclass
@@ -65,7 +68,12 @@ def build_components(cfg: DictConfig, pairs, run_dir: Path,
         limit = int(cfg.encoder.get("tokenizer_sample", 200_000))
         encoder = reg.build("encoder", cfg.encoder,
                             texts=lambda: tokenizer_texts(pairs, limit, cfg.seed), work_dir=run_dir)
-    pooling = reg.build("pooling", cfg.pooling)
+    own = getattr(encoder.info, "pooling", None)  # how a loaded SentenceTransformers folder pools
+    if own is not None and own != cfg.pooling.name:
+        log.warning("encoder %s pools with %s by itself, this run with pooling=%s: set "
+                    "pooling=%s to start from the vectors it was trained for", encoder.source, own,
+                    cfg.pooling.name, own)
+    pooling = reg.build("pooling", cfg.pooling, encoder=encoder)
     objective = reg.build("objective", cfg.objective, encoder=encoder)
     alignment = reg.build("alignment", cfg.alignment)
     regularizer = reg.build("regularizer", cfg.regularizer)

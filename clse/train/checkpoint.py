@@ -230,3 +230,16 @@ def load_state(ckpt: Path, rank: int = 0) -> TrainState:
                       mask_rng=tensors["rng.mask"], cuda_rng=tensors.get("rng.cuda"),
                       extra_modules=modules, optimizer=optimizer,
                       info=info)
+
+
+def load_encoder(ckpt: Path, encoder_cfg):
+    """The encoder of checkpoint ``ckpt`` with the options of its run: the configured dropouts
+    and frozen parts, and the prompts it trained with (recorded in ``state.json``)."""
+    from clse.model.loader import load_encoder as load, prepare
+
+    state = json.loads((ckpt / "state.json").read_text())
+    bundle = load(ckpt / "encoder", attn_implementation=encoder_cfg.get("attn_implementation", "sdpa"),
+                  hidden_dropout=encoder_cfg.get("hidden_dropout"),
+                  attention_dropout=encoder_cfg.get("attention_dropout"))
+    return prepare(bundle, prompts=state.get("prompts", {}), prompt=state.get("prompt_name") or "",
+                   freeze_parts=encoder_cfg.get("freeze") or [])

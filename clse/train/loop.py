@@ -54,7 +54,8 @@ def evaluate(components, model, cfg: DictConfig, split: str, device, dtype,
              out_dir: Path | None = None) -> dict[str, float]:
     """The run's evaluators on ``split`` (the same runner as ``clse eval``)."""
     encoder = EvalModel(model, components.encoder.tokenizer, components.pooling,
-                        max_length=cfg.eval.max_length, device=device, autocast_dtype=dtype)
+                        max_length=cfg.eval.max_length, device=device, autocast_dtype=dtype,
+                        prompt=components.encoder.prompt)
     return run_evaluators(encoder, components.evaluators, split, out_dir=out_dir)[0]
 
 
@@ -99,11 +100,8 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
     # --- model and losses (from the checkpoint's encoder folder when resuming)
     resume_from = ckpt.find_resumable(tcfg.resume) if tcfg.resume else None
     encoder_bundle = None
-    if resume_from is not None:
-        from clse_plugins.xlmr import load_pretrained
-
-        encoder_bundle = load_pretrained(str(resume_from / "encoder"),
-                                         attn_implementation=cfg.encoder.get("attn_implementation", "sdpa"))
+    if resume_from is not None:  # the checkpoint's encoder, with the options it trained with
+        encoder_bundle = ckpt.load_encoder(resume_from, cfg.encoder)
     comp = parallel.build_on_ranks(
         lambda c: build_components(c, pairs, run_dir, encoder=encoder_bundle), cfg, run_dir)
     model = comp.encoder.model.to(device)
@@ -118,12 +116,14 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
     backend = compiling.backend_of(tcfg.get("compile", False))
     if backend is not None:
         forward_model = compiling.CompiledEncoder(forward_model, backend)
-    collate = Collator(comp.encoder.tokenizer, max_length=cfg.data.max_length)
+    collate = Collator(comp.encoder.tokenizer, max_length=cfg.data.max_length,
+                       prompt=comp.encoder.prompt)
     token_cost = cfg.data.get("token_cost", "auto")
     if token_cost == "auto":  # what a batch costs: real tokens when packed, else its padded size
         token_cost = "packed" if packed else "padded"
     planner = planner_from_config({**cfg.data, "token_cost": token_cost}, sampler, pairs,
-                                  comp.encoder.tokenizer, rank=rank, world_size=world)
+                                  comp.encoder.tokenizer, rank=rank, world_size=world,
+                                  prompt=comp.encoder.prompt)
     grad_cache = tcfg.get("grad_cache_chunk")
     if grad_cache is not None and not getattr(comp.objective, "pair_only", False):
         raise ConfigError(f"trainer.grad_cache_chunk needs a dual encoder (objective=none); "
@@ -170,7 +170,13 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
     skipped_in_a_row = 0
     n_params = sum(p.numel() for p in params) * (world if replicas.sharded else 1)
     if tracker is not None:
+        model_cfg = comp.encoder.model.config
         tracker.set_tags({"clse.params": str(n_params), "clse.encoder": comp.encoder.source,
+                          "clse.prompt": comp.encoder.prompt,
+                          "clse.frozen_tensors": str(len(comp.encoder.frozen)),
+                          "clse.dropout": json.dumps({k: getattr(model_cfg, k) for k in (
+                              "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout",
+                              "attention_dropout") if hasattr(model_cfg, k)}),
                           "clse.packing": packing_tag,
                           "clse.resumed_from": str(resume_from or ""),
                           "clse.world_size": str(world), "clse.strategy": strategy})
@@ -296,7 +302,9 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
                                      tokenizer=comp.encoder.tokenizer, extra_module=full_extra,
                                      optimizer_state=optimizer_state, mask_generator=mask_gen,
                                      info={"objective": cfg.objective.name, "world_size": world,
-                                           "strategy": strategy, "skipped_steps": skipped},
+                                           "strategy": strategy, "skipped_steps": skipped,
+                                           "prompts": comp.encoder.prompts,
+                                           "prompt_name": comp.encoder.prompt_name},
                                      keep=tcfg.keep_checkpoints, rank_rng=rank_rng)
         if evaluating or saving:
             distributed.barrier()
@@ -326,7 +334,9 @@ def train(cfg: DictConfig, run_dir: Path, tracker=None) -> TrainResult:
 
         export_dir = run_dir / "export"
         export_all(model.cpu(), comp.encoder.tokenizer, export_dir, pooling=cfg.pooling.name,
-                   max_seq_length=cfg.eval.max_length)
+                   max_seq_length=cfg.eval.max_length, prompts=comp.encoder.prompts,
+                   normalize=bool(cfg.pooling.get("normalize", False)),
+                   default_prompt_name=comp.encoder.prompt_name)
         if tracker is not None:
             tracker.log_artifacts(export_dir, "model")
     if tracker is not None:

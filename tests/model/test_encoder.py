@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from clse.errors import ConfigError
-from clse_plugins.xlmr import XlmrConfig, build_xlmr, load_pretrained
+from clse.model.loader import load_encoder as load_pretrained
+from clse_plugins.xlmr import XlmrConfig, build_xlmr
 
 TEXTS = [f"sentence number {i} with some words, and more {i % 7} words." for i in range(300)]
 
