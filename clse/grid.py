@@ -42,6 +42,7 @@ ADDED_LATER: dict[str, tuple] = {
     "encoder.prompts": (None,),  # a text prefix for every sentence (none before)
     "encoder.prompt": (None,),
     "encoder.freeze": ([],),  # frozen encoder parts (none before)
+    "encoder.vocab_from": (None,),  # vocabulary trimming (none before)
     # MEXMA: the MLM loss always trained the tied input embeddings before. Unset (null) equals that
     # unless token_grads=false: such a row must set it (the grid rows do, through the budget)
     "objective.tied_grads": (True, None),

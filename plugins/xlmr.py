@@ -13,6 +13,8 @@ Options every source shares: the dropouts (applied to loaded models too: MEXMA t
 attention dropout 0; ``null`` keeps a loaded model's own), ``prompts``/``prompt`` (a text prefix
 such as e5's ``query: ``, used in training, evaluation and the export; ``null`` takes the
 folder's own), ``freeze`` (the embeddings and/or the first N layers get no gradients).
+A pretrained model can also be trimmed to the vocabulary of some corpora (``vocab_from``:
+made once in the model cache, as ``clse trim-vocab`` does).
 
 Weights load through safetensors only and ``trust_remote_code`` is off unless asked for.
 """
@@ -53,6 +55,9 @@ class XlmrConfig:
     prompts: dict[str, str] | None = None  # text prefixes by name; null: the folder's own
     prompt: str | None = None  # the prompt name both sides get; null: the folder's default
     freeze: list[Any] = field(default_factory=list)  # [embeddings] and/or N: the first N layers
+    # keep only the vocabulary these corpora use (files, folders, {path, languages}): the
+    # pretrained folder trimmed once into the model cache (clse trim-vocab)
+    vocab_from: list[Any] | None = None
 
 
 def _xlmr_config(cfg: XlmrConfig, tokenizer):
@@ -113,8 +118,15 @@ def build_xlmr(cfg: XlmrConfig, texts: Callable[[], Iterable[str]] | None = None
             raise ConfigError("set encoder.init_from or encoder.pretrained, not both")
         return shared(load_encoder(_checkpoint_encoder(cfg.init_from),
                                    attn_implementation=cfg.attn_implementation, **dropouts))
+    if cfg.vocab_from and not cfg.pretrained:
+        raise ConfigError("encoder.vocab_from trims a pretrained model: set encoder.pretrained")
     if cfg.pretrained:
-        return shared(load_encoder(cfg.pretrained, attn_implementation=cfg.attn_implementation,
+        source = cfg.pretrained
+        if cfg.vocab_from:
+            from clse.model.trim import cached_trim
+
+            source = str(cached_trim(cfg.pretrained, cfg.vocab_from))
+        return shared(load_encoder(source, attn_implementation=cfg.attn_implementation,
                                    trust_remote_code=cfg.trust_remote_code,
                                    tokenizer=cfg.tokenizer, **dropouts))
     if cfg.tokenizer:

