@@ -43,6 +43,8 @@ ADDED_LATER: dict[str, tuple] = {
     "encoder.prompt": (None,),
     "encoder.freeze": ([],),  # frozen encoder parts (none before)
     "encoder.vocab_from": (None,),  # vocabulary trimming (none before)
+    "eval.evaluators.xsim.groups": ({},),  # per-group means (none before)
+    "eval.evaluators.xsimpp_generated.groups": ({},),
     # MEXMA: the MLM loss always trained the tied input embeddings before. Unset (null) equals that
     # unless token_grads=false: such a row must set it (the grid rows do, through the budget)
     "objective.tied_grads": (True, None),

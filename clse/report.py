@@ -49,6 +49,7 @@ class Grid:
     rows: list[Row]
     budget: dict[str, Any] = field(default_factory=dict)
     uri: str | None = None  # the config's tracking.uri (None: as clse train finds the store)
+    metrics: tuple = METRICS  # (key, metric, title): grid.metrics, else xsim and xsim++-style
 
 
 def load_grid(table: str, overrides: Iterable[str] = ()) -> Grid:
@@ -86,10 +87,14 @@ def load_grid(table: str, overrides: Iterable[str] = ()) -> Grid:
     from clse.model.presets import PRESETS
 
     enc, tr, data = base.encoder, base.trainer, base.data
+    raw_enc = OmegaConf.to_container(enc, resolve=False)  # (a model resolver stays unresolved)
     preset = str(enc.get("preset"))
-    if preset in PRESETS:
+    if raw_enc.get("pretrained"):
+        preset = f"pretrained `{raw_enc['pretrained']}`" + (
+            " (vocabulary trimmed to the grid's text)" if raw_enc.get("vocab_from") else "")
+    elif preset in PRESETS:
         layers, hidden, heads, ffn = PRESETS[preset]
-        preset += f" ({layers} layers, hidden {hidden}, {heads} heads, FFN {ffn})"
+        preset = f"the {preset} ({layers} layers, hidden {hidden}, {heads} heads, FFN {ffn}) preset"
     budget = {"encoder": preset, "init_from": enc.get("init_from"),
               "steps": tr.steps, "batch_size": data.batch_size, "max_length": data.max_length,
               "lr": tr.lr, "pooling": base.pooling.name,
@@ -97,7 +102,22 @@ def load_grid(table: str, overrides: Iterable[str] = ()) -> Grid:
     return Grid(table=str(base.grid.table), title=str(base.grid.title or table),
                 plot=str(base.grid.get("plot") or "bars"),
                 experiment=str(base.tracking.experiment), final_split=str(base.eval.final_split),
-                seeds=seeds, rows=rows, budget=budget, uri=base.tracking.get("uri"))
+                seeds=seeds, rows=rows, budget=budget, uri=base.tracking.get("uri"),
+                metrics=grid_metrics(base.grid.get("metrics")))
+
+
+def grid_metrics(listed: Any) -> tuple:
+    """``grid.metrics`` (a list of ``{key, metric, title}``) as (key, metric, title) tuples; the
+    default is xsim/avg and xsimpp_generated/avg. ``key`` names the paper's column."""
+    if not listed:
+        return METRICS
+    out = []
+    for item in listed:
+        if not all(k in item for k in ("key", "metric")):
+            raise ConfigError(f"grid.metrics entries need key and metric (and a title), got "
+                              f"{dict(item)}")
+        out.append((str(item["key"]), str(item["metric"]), str(item.get("title") or item["key"])))
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------- the runs
@@ -210,7 +230,7 @@ def summarize(g: Grid, records: list[dict]) -> tuple[list[RowResult], list[dict]
     for row in g.rows:
         runs = sorted((r for (h, _), r in by_cell.items() if h == row.hash), key=lambda r: r["seed"])
         stats, start = {}, {}
-        for key, metric, _ in METRICS:
+        for key, metric, _ in g.metrics:
             final = f"{g.final_split}/{metric}"
             stats[key] = Stat([r["metrics"][final] for r in runs if final in r["metrics"]])
             first = START.format(split=g.final_split, metric=metric)
@@ -305,18 +325,20 @@ def markdown(g: Grid, results: list[RowResult], paper: dict, source: str, stale:
              f"`clse report {g.table}{records_from}`: {sum(len(r.runs) for r in results)} runs, "
              f"grid `{g.table}` (MLflow experiment `{g.experiment}`). Ours: FLORES-200 "
              f"{g.final_split}, X→eng, {b.get('languages')} languages, mean ± sample std over "
-             f"seeds (n = seeds). Paper: {source or 'no numbers on file'} (XLM-R large, 81 "
-             f"languages, 300k steps): absolute numbers are not comparable; the orderings are.",
-             "",
-             f"Budget: the {b.get('encoder')} preset from `{b.get('init_from')}`, {b.get('steps')} "
-             f"steps of {b.get('batch_size')} pairs (max {b.get('max_length')} tokens), lr "
+             f"seeds (n = seeds). " + (
+                 f"Paper: {source} (XLM-R large, 81 languages, 300k steps): absolute numbers are "
+                 f"not comparable; the orderings are." if source else "No paper numbers for this "
+                 "grid."), "",
+             f"Budget: {b.get('encoder')}"
+             + (f" from `{b.get('init_from')}`" if b.get("init_from") else "")
+             + f", {b.get('steps')} steps of {b.get('batch_size')} pairs (max {b.get('max_length')} tokens), lr "
              f"{b.get('lr')}, {b.get('pooling')} pooling.", ""]
     durations = [(r["end_time"] - r["start_time"]) / 1000 for res in results for r in res.runs
                  if r["end_time"] and r["start_time"]]
     if durations:
         lines += [f"Wall time: {statistics.fmean(durations) / 60:.1f} min per run "
                   f"(training and evaluation), {sum(durations) / 3600:.1f} h in all.", ""]
-    for key, _, title in METRICS:
+    for key, _, title in g.metrics:
         lines += [f"## {title}", "",
                   "| row | n | ours | Δ ours | paper | Δ paper | paper's ordering here |",
                   "|---|---|---|---|---|---|---|"]
@@ -363,10 +385,11 @@ def plot(g: Grid, results: list[RowResult], paper: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(6 * len(METRICS), 4.8), squeeze=False)
+    n = len(g.metrics)
+    fig, axes = plt.subplots(1, n, figsize=(6 * n, 4.8), squeeze=False)
     x = list(range(len(results)))
     labels = [r.row.label if g.plot == "curve" else _wrap(r.row.label) for r in results]
-    for ax, (key, _, title) in zip(axes[0], METRICS):
+    for ax, (key, _, title) in zip(axes[0], g.metrics):
         means = [r.stats[key].mean for r in results]
         stds = [0.0 if math.isnan(r.stats[key].std) else r.stats[key].std for r in results]
         if g.plot == "curve":

@@ -8,7 +8,8 @@ forward candidates ``y in NN_k(x)`` are rescored with the ratio margin::
     avg_k(x) = mean_{y' in NN_k(x)} cos(x, y'),   avg_k(y) = mean_{x' in NN_k(y)} cos(x', y)
 
 ``x_i`` is an error when its best candidate is not ``y_i``. Metrics: ``xsim/<lang>`` = 100 · errors
-/ n and ``xsim/avg`` = their mean over languages (error %, lower is better).
+/ n and ``xsim/avg`` = their mean over languages (error %, lower is better); with ``groups``,
+``xsim/avg_<group>`` is the mean over a named subset (e.g. the languages a run trained on).
 
 Reference: LASER ``source/xsim.py`` (facebookresearch/LASER; Artetxe & Schwenk 2019 for the
 margin), as reported by MEXMA on FLORES-200 devtest. The computation is
@@ -29,7 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clse.errors import ClseError, ConfigError
-from clse.eval.flores import BUNDLED_DIR, bundled_languages, evaluate_xsim, load_multiway
+from clse.eval.flores import (BUNDLED_DIR, bundled_languages, evaluate_xsim, group_means,
+                              load_multiway)
 from clse.eval.xsim import MARGINS
 from clse.hookspecs import PluginSpec, hookimpl
 from clse.paths import ENV_VAR, data_root
@@ -51,6 +53,8 @@ class XsimConfig:
     margin: str = "ratio"  # ratio | distance | absolute
     batch_size: int = 64
     max_sentences: int | None = None  # first N sentences of each language (quick evals)
+    # named subsets of `languages`, each adding xsim/avg_<name> (e.g. trained / held-out)
+    groups: dict[str, list[str]] = field(default_factory=dict)
 
 
 class XsimEvaluator:
@@ -73,8 +77,9 @@ class XsimEvaluator:
         def encode(texts: list[str]) -> np.ndarray:
             return encoder.encode(texts, batch_size=self.cfg.batch_size)
 
-        return evaluate_xsim(encode, sentences, target=self.cfg.target, languages=languages,
-                             k=self.cfg.k, margin=self.cfg.margin)
+        metrics = evaluate_xsim(encode, sentences, target=self.cfg.target, languages=languages,
+                                k=self.cfg.k, margin=self.cfg.margin)
+        return {**metrics, **group_means(metrics, "xsim", self.cfg.groups, self.cfg.languages)}
 
     def load(self, split: str) -> tuple[dict[str, list[str]], list[str]]:
         """The sentences of ``split`` (target included) and the source languages to evaluate."""

