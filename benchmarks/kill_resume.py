@@ -76,7 +76,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 FAST = [  # tests/train/test_train_loop.py's tiny settings
-    "encoder.vocab_size=400", "encoder.tokenizer_sample=4000", "data.batch_size=8",
+    "quickstart=none", "encoder.vocab_size=400", "encoder.tokenizer_sample=4000", "data.batch_size=8",
     "data.max_length=32", "eval=none", "trainer.export=false", "progress=false",
     "tracking.enabled=false",
 ]

@@ -101,7 +101,7 @@ def compose(args, folder: Path, objective: str, extra: list[str]):
     from clse.config import setup
 
     setup()
-    overrides = ["encoder=me5_small", f"encoder.pretrained={folder}",
+    overrides = ["quickstart=none", "encoder=me5_small", f"encoder.pretrained={folder}",
                  f"data.batch_size={args.batch_size}", f"data.max_length={args.max_length}",
                  "eval=none", "tracking.enabled=false", "progress=false",
                  *OBJECTIVES[objective], *extra]

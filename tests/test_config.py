@@ -14,6 +14,8 @@ def _compose(overrides):
 
     setup()
     with initialize_config_module(config_module="clse_configs", version_base="1.3"):
+        if not any(o.startswith("quickstart=") for o in overrides):
+            overrides = ["quickstart=none", *overrides]  # the components' own defaults
         return compose(config_name="train", overrides=overrides)
 
 
@@ -120,3 +122,16 @@ def test_encoder_preset_chooses_its_pooling_and_the_command_line_still_wins():
     assert cfg.pooling.name == "mean" and cfg.encoder.prompt == "query"
     assert cfg.encoder.prompts.query == "query: "
     assert _compose(["encoder=me5_small", "pooling=cls"]).pooling.name == "cls"
+
+
+def test_the_default_run_fine_tunes_e5_on_shipped_low_resource_pairs():
+    cfg = _compose(["quickstart=e5"])  # what `clse train` alone composes
+    assert cfg.objective.name == "none" and cfg.alignment.name == "contrastive"
+    assert cfg.pooling.name == "mean" and cfg.encoder.prompt == "query"
+    assert cfg.trainer.steps == 60 and cfg.eval.every == 0 and cfg.eval.split == "devtest"
+    assert cfg.data.corpora[0].path.endswith("ntrex_lowres.tsv")
+    assert len(cfg.eval.evaluators.xsim.languages) == 8
+    # each group can still be swapped: encoder=small leaves no e5 settings behind
+    small = _compose(["quickstart=e5", "encoder=small"])
+    assert small.encoder.preset == "small" and small.encoder.vocab_from is None
+    assert small.encoder.pretrained is None

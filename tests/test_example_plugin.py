@@ -30,7 +30,7 @@ ALIGNMENT, POOLING = "hard_negative_margin", "max_tokens"
 # the fast overrides of tests/test_cli.py, cut further: no MEXMA heads, no evaluation, no export
 # (the SentenceTransformers export knows only cls and mean pooling)
 TINY = [
-    "objective=none", "regularizer=none", "encoder.vocab_size=300", "encoder.tokenizer_sample=1000",
+    "quickstart=none", "objective=none", "regularizer=none", "encoder.vocab_size=300", "encoder.tokenizer_sample=1000",
     "data.batch_size=8", "data.max_length=32", "trainer.steps=3", "trainer.log_every=1",
     "trainer.checkpoint_every=0", "progress=false", "eval=none", "trainer.export=false",
 ]
@@ -322,7 +322,7 @@ def test_train_with_the_example_plugins(installed, tmp_path):
 def test_yaml_preset_from_the_plugin_package(installed, tmp_path):
     import yaml
 
-    res = clse("train", "alignment=vse0", f"pooling={POOLING}", "--cfg", "job", cwd=tmp_path,
+    res = clse("train", "quickstart=none", "alignment=vse0", f"pooling={POOLING}", "--cfg", "job", cwd=tmp_path,
                site=installed)
     assert res.returncode == 0, res.stderr[-2000:]
     cfg = yaml.safe_load(res.stdout)
@@ -333,7 +333,7 @@ def test_yaml_preset_from_the_plugin_package(installed, tmp_path):
 @pytest.fixture(scope="module")
 def disabled_run(installed, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("disabled")
-    return clse("train", f"alignment={ALIGNMENT}", cwd=cwd, site=installed,
+    return clse("train", "quickstart=none", f"alignment={ALIGNMENT}", cwd=cwd, site=installed,
                 env={"CLSE_DISABLE_PLUGINS": ALIGNMENT})
 
 

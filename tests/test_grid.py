@@ -51,7 +51,7 @@ def _compose(overrides):
 
     setup()
     with initialize_config_module(config_module="clse_configs", version_base="1.3"):
-        return compose("train", overrides=overrides, return_hydra_config=True)
+        return compose("train", overrides=["quickstart=none", *overrides], return_hydra_config=True)
 
 
 def _row(table, row, *extra):

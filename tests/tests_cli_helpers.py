@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 TINY = [
-    "encoder.vocab_size=400", "encoder.tokenizer_sample=4000", "objective.head_layers=1",
+    "quickstart=none", "encoder.vocab_size=400", "encoder.tokenizer_sample=4000", "objective.head_layers=1",
     "data.batch_size=8", "data.max_length=32", "trainer.steps=6", "trainer.log_every=2",
     "trainer.checkpoint_every=3", "progress=false",
 ]

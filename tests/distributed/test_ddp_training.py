@@ -78,7 +78,7 @@ def test_rank0_owns_the_run_and_resume_is_exact(tmp_path):
 
 def test_a_sweep_under_torchrun_is_refused(tmp_path):
     env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1"}
-    proc = subprocess.run([sys.executable, "-m", "clse.cli", "train", "-m", "seed=0,1"], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "clse.cli", "train", "-m", "quickstart=none", "seed=0,1"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "cannot run under torchrun" in proc.stderr
 

@@ -18,7 +18,7 @@ def test_launcher_config_composes():
     setup()
     with initialize_config_module(config_module="clse_configs", version_base="1.3"):
         cfg = compose(config_name="train", return_hydra_config=True,
-                      overrides=["hydra/launcher=slurm", "hydra.launcher.nodes=2"])
+                      overrides=["quickstart=none", "hydra/launcher=slurm", "hydra.launcher.nodes=2"])
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.nodes == 2 and launcher.tasks_per_node == launcher.gpus_per_node == 8

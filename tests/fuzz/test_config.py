@@ -43,7 +43,7 @@ def compose_train(overrides: list[str]):
         setup()
         _SETUP["done"] = True
     with initialize_config_module(config_module="clse_configs", version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+        return compose(config_name="train", overrides=["quickstart=none", *overrides])
 
 
 def fast_compose(overrides: list[str]):
@@ -286,7 +286,7 @@ def _clse(args: list[str], cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-TINY = ["encoder.vocab_size=200", "encoder.tokenizer_sample=400", "objective.head_layers=1",
+TINY = ["quickstart=none", "encoder.vocab_size=200", "encoder.tokenizer_sample=400", "objective.head_layers=1",
         "data.batch_size=4", "data.max_length=16", "trainer.steps=1", "eval=none",
         "trainer.export=false", "tracking.enabled=false", "progress=false"]
 

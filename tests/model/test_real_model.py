@@ -19,7 +19,7 @@ from tests_cli_helpers import clse
 
 pytestmark = pytest.mark.slow
 
-TRAIN = ["data.batch_size=4", "data.max_length=24", "trainer.log_every=1", "progress=false",
+TRAIN = ["quickstart=none", "data.batch_size=4", "data.max_length=24", "trainer.log_every=1", "progress=false",
          "trainer.checkpoint_every=0", "eval.every=0", "eval.baseline=false",
          "eval.evaluators.xsim.source=bundled", "eval.evaluators.xsim.max_sentences=40",
          "eval.evaluators.xsim.languages=[deu_Latn,fra_Latn]", "encoder.freeze=[embeddings,10]"]
@@ -135,3 +135,23 @@ def test_eval_any_folder_with_a_chosen_pooling(trimmed, tmp_path):
     sentences = {k: v[:40] for k, v in load_multiway(BUNDLED_DIR, ["deu_Latn", "eng_Latn"]).items()}
     want = evaluate_xsim(direct.encode, sentences, target="eng_Latn", languages=["deu_Latn"])
     assert b["metrics"]["devtest/xsim/deu_Latn"] == pytest.approx(want["xsim/deu_Latn"], abs=1e-9)
+
+
+def test_the_default_run_end_to_end_in_brief(me5_dir, tmp_path):
+    """`clse train` alone (quickstart=e5), cut to 2 steps and 30 sentences per language: the
+    shipped pairs, the trimmed e5 from the cache, before/after figures in the summary line."""
+    res = clse("train", "trainer.steps=2", "trainer.checkpoint_every=0", "trainer.export=false",
+               "eval.evaluators.xsim.max_sentences=30", "progress=false", "hydra.run.dir=run",
+               cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (line,) = [x for x in res.stdout.splitlines() if x.startswith("clse: run finished")]
+    summary = json.loads(line.split("): ", 1)[1])
+    assert set(summary) == {"untrained/devtest/xsim/avg", "devtest/xsim/avg"}
+    assert summary["untrained/devtest/xsim/avg"] < 20  # e5 mines these pairs already
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("clse").experiment_id])
+    assert run.data.params["objective.name"] == "none"
+    assert run.data.params["alignment.name"] == "contrastive"
+    assert "trimmed" in run.data.tags["clse.encoder"] and run.data.tags["clse.prompt"] == "query: "

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from clse.errors import ClseError
 
 FAST = [
-    "encoder.vocab_size=400", "encoder.tokenizer_sample=4000",
+    "quickstart=none", "encoder.vocab_size=400", "encoder.tokenizer_sample=4000",
     "data.batch_size=8", "data.max_length=32", "eval=none", "trainer.log_every=1",
     "trainer.export=false", "progress=false", "tracking.enabled=false",
 ]
