@@ -135,3 +135,12 @@ def test_the_default_run_fine_tunes_e5_on_shipped_low_resource_pairs():
     small = _compose(["quickstart=e5", "encoder=small"])
     assert small.encoder.preset == "small" and small.encoder.vocab_from is None
     assert small.encoder.pretrained is None
+
+
+def test_bundled_files_resolve_and_a_missing_one_is_named():
+    from clse.config import _bundled_path
+    from clse.errors import ConfigError
+
+    assert _bundled_path("data/bundled/ntrex_lowres.tsv").endswith("ntrex_lowres.tsv")
+    with pytest.raises(ConfigError, match="clse ships no data/bundled/nothing.tsv"):
+        _bundled_path("data/bundled/nothing.tsv")
