@@ -54,10 +54,17 @@ def main() -> None:
                      + (f"{r['seconds'] / 60:.0f} min" if r else "—") + " | "
                      + ("done" if r else "not run yet") + " |")
     lines.append("")
-    summary = [(k, v) for k, v in sorted(metrics.items()) if "/avg" in k and k.count("/") <= 3]
+    import re
+
+    def natural(key: str) -> list:
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
+
+    summary = [(k, v) for k, v in sorted(metrics.items(), key=lambda kv: natural(kv[0]))
+               if ("/avg" in k and k.count("/") <= 3) or "/token_matching/" in k]
     if summary:
         lines += ["## Summary (devtest)", "", "| metric | value |", "|---|---|"]
-        lines += [f"| `{k}` | {v:.2f} |" for k, v in summary]
+        lines += [f"| `{k}` | {v:.3f} |" if abs(v) <= 1 else f"| `{k}` | {v:.2f} |"
+                  for k, v in summary]  # MEXA, mteb: 0..1; error and match rates: %
         lines.append("")
     langs = sorted({k.split("/")[2] for k in metrics if k.startswith("devtest/xsim/")} - {"avg"})
     if langs:
