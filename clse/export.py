@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from clse.errors import ConfigError
+from clse.model.loader import has_pooler_option
 
 log = logging.getLogger("clse.export")
 
@@ -162,7 +163,7 @@ def _write_st(hf_dir: Path, tokenizer: Any, folder: Path, mode: str, max_seq_len
 
     max_len = min(int(max_seq_length), _max_tokens(model))
     # add_pooling_layer=False: no randomly initialised pooler (no missing-weights warning) on load.
-    model_kwargs = {"add_pooling_layer": False} if _has_pooler_option(model) else {}
+    model_kwargs = {"add_pooling_layer": False} if has_pooler_option(model.config) else {}
     transformer = Transformer(str(hf_dir), model_kwargs=dict(model_kwargs), max_seq_length=max_len)
     modules = [transformer, Pooling(int(model.config.hidden_size), pooling_mode=mode)]
     if dense:  # the pooler pooling: the encoder's trained tanh(Dense(CLS)) as an ST module
@@ -255,12 +256,6 @@ def _max_tokens(model: Any) -> int:
     return n
 
 
-def _has_pooler_option(model: Any) -> bool:
-    import inspect
-
-    return "add_pooling_layer" in inspect.signature(type(model).__init__).parameters
-
-
 def _clse_version() -> str:
     from clse import __version__
 
@@ -273,7 +268,7 @@ def _write_card(folder: Path, text: str) -> None:
 
 def _hf_card(model: Any, tokenizer: Any, pooling: str = "cls") -> str:
     cls_name = type(model).__name__
-    extra = ", add_pooling_layer=False" if _has_pooler_option(model) else ""
+    extra = ", add_pooling_layer=False" if has_pooler_option(model.config) else ""
     pool_code = {
         "cls": "emb = out.last_hidden_state[:, 0]",
         "mean": ("m = batch[\"attention_mask\"].unsqueeze(-1).to(out.last_hidden_state.dtype)\n"

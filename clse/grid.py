@@ -74,6 +74,16 @@ class Cell:
                 TAG_SEED: str(self.seed)}
 
 
+def _drop(data: dict, key: str) -> None:
+    """Remove the dotted ``key`` from a nested dict, if present."""
+    *parents, last = key.split(".")
+    node = data
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(last, None)
+
+
 def config_hash(cfg: DictConfig) -> str:
     """12 hex digits identifying what a run computes, seed excluded (see the module docstring)."""
     data = OmegaConf.to_container(cfg, resolve=False)
@@ -85,19 +95,9 @@ def config_hash(cfg: DictConfig) -> str:
         if isinstance(value, (DictConfig, ListConfig)):
             value = OmegaConf.to_container(value, resolve=True)
         if any(value == n and type(value) is type(n) for n in neutral):
-            *parents, last = key.split(".")
-            node = data
-            for part in parents:
-                node = node.get(part) if isinstance(node, dict) else None
-            if isinstance(node, dict):
-                node.pop(last, None)
+            _drop(data, key)
     for key in NOT_HASHED:
-        *parents, last = key.split(".")
-        node = data
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(last, None)
+        _drop(data, key)
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

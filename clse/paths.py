@@ -33,3 +33,9 @@ def require_data_root(what: str) -> Path:
         raise ClseError(f"{what} needs the shared data folder (flores200/, train/, tatoeba/): "
                         f"set {ENV_VAR}=/path/to/data or run from a directory beside shared/data")
     return root
+
+
+def cache_root() -> Path:
+    """Where clse caches models (imported, trimmed): ``$CLSE_CACHE``, else ``~/.cache/clse``."""
+    env = os.environ.get("CLSE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "clse"

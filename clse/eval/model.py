@@ -18,6 +18,7 @@ hidden states of every layer (embedding layer included) and last-layer attention
 from __future__ import annotations
 
 import json
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ class EvalModel(ClseSentenceEncoder):
         self._cache: dict[str, np.ndarray] = {}  # sentence -> vector (the model is not trained
         # while an EvalModel lives: training builds a new one for every evaluation)
 
-    @property
+    @functools.cached_property
     def prompt_tokens(self) -> int:
         """How many tokens the prompt adds after the first special token (0 without one);
         a prompt ending in a space joins no word (Metaspace tokenizers)."""

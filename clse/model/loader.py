@@ -152,8 +152,11 @@ def load_encoder(ref: str | Path, *, tokenizer: str | None = None,
     else:
         source = str(ref)
     try:
-        overrides = dropout_overrides(source, hidden_dropout, attention_dropout)
-        kwargs = {"add_pooling_layer": False} if _has_pooler_option(source) else {}
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        overrides = dropout_overrides(config, hidden_dropout, attention_dropout)
+        kwargs = {"add_pooling_layer": False} if has_pooler_option(config) else {}
         model = AutoModel.from_pretrained(source, use_safetensors=True,
                                           trust_remote_code=trust_remote_code,
                                           attn_implementation=attn_implementation,
@@ -170,14 +173,14 @@ def load_encoder(ref: str | Path, *, tokenizer: str | None = None,
                          info=info)
 
 
-def _has_pooler_option(source: str) -> bool:
-    """Whether the model class takes ``add_pooling_layer`` (BERT/RoBERTa families): loading
-    without the pooler avoids a randomly initialised one (a pooling can load it explicitly)."""
+def has_pooler_option(config: Any) -> bool:
+    """Whether the model class of ``config`` takes ``add_pooling_layer`` (BERT/RoBERTa
+    families): loading without the pooler avoids a randomly initialised one (a pooling can load
+    it explicitly)."""
     import inspect
 
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
-    config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     cls = AutoModel._model_mapping.get(type(config), None)
     return cls is not None and "add_pooling_layer" in inspect.signature(cls.__init__).parameters
 

